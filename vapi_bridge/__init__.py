@@ -1,0 +1,3 @@
+"""vapi-bridge: SambaNova models behind Vapi's Custom LLM provider."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Allow ``python -m vapi_bridge``."""
+
+from vapi_bridge.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""The stored config: one JSON file in the bridge's home, ``0600`` inside a ``0700`` folder.
+
+It holds the SambaNova key, the ngrok token and the bridge key, so it is written atomically
+through a file created with owner-only permissions from the start (never chmod-ed after the
+secret is already on disk), and anything printed goes through :func:`mask`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+SECRET_KEYS = ("sambanova_api_key", "ngrok_authtoken", "bridge_secret")
+LABELS = {
+    "sambanova_api_key": "SambaNova API key",
+    "ngrok_authtoken": "ngrok auth token",
+    "bridge_secret": "Bridge key (Vapi credential)",
+}
+
+
+class ConfigFileError(Exception):
+    """The config file exists but cannot be read as a JSON object."""
+
+
+def config_path(home: Path) -> Path:
+    return home / CONFIG_NAME
+
+
+def load(home: Path) -> dict[str, Any]:
+    """The stored values, or an empty dict when nothing is stored yet."""
+    path = config_path(home)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigFileError(f"{path}: {exc.__class__.__name__}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: not a JSON object")
+    return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; the file is ``0600`` from its first byte."""
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+
+
+def save(home: Path, values: dict[str, Any]) -> None:
+    write_private(config_path(home), json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def update(home: Path, **changes: str | None) -> dict[str, Any]:
+    """Set (or, with ``None``, remove) stored values; returns the new config."""
+    data = load(home)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    save(home, data)
+    return data
+
+
+def bridge_secret(home: Path) -> str:
+    """The stored bridge key, generated (strong, random) and stored on first use."""
+    data = load(home)
+    secret = data.get("bridge_secret")
+    if isinstance(secret, str) and secret:
+        return secret
+    secret = new_secret()
+    update(home, bridge_secret=secret)
+    return secret
+
+
+def new_secret() -> str:
+    return "vb_" + secrets.token_urlsafe(32)
+
+
+def mask(secret: str | None) -> str:
+    """Enough of a secret to recognise it, never enough to use it."""
+    if not secret:
+        return "(not set)"
+    if len(secret) <= 12:
+        return "*" * len(secret)
+    return f"{secret[:4]}...{secret[-4:]}"

@@ -1,0 +1,81 @@
+"""One log line per request, on stderr: what an operator needs, and nothing private.
+
+A record holds timings, counts and Vapi's call id; never a body, a header, a key or a phone
+number. ``text`` is for people, ``json`` for log collectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+logger = logging.getLogger("vapi_bridge.requests")
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def safe_id(value: str | None) -> str | None:
+    """Strip anything that could forge a log line out of a client-supplied id."""
+    return _SAFE_ID.sub("", value)[:64] or None if value else None
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    call_id: str | None = None
+    model: str | None = None
+    stream: bool = False
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    chunks: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    outcome: str = "ok"
+    error: str | None = None
+
+    def first_token(self) -> None:
+        self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 1)
+
+    def usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            self.prompt_tokens = prompt if isinstance(prompt, int) else None
+            self.completion_tokens = completion if isinstance(completion, int) else None
+
+    def emit(self, log_format: str) -> None:
+        self.total_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        level = logging.WARNING if self.status >= 500 or self.outcome != "ok" else logging.INFO
+        logger.log(level, self.json() if log_format == "json" else self.text())
+
+    def json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if k != "started" and v is not None}
+        data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return json.dumps(data, separators=(",", ":"))
+
+    def text(self) -> str:
+        parts = [time.strftime("%H:%M:%S"), self.method, self.path, str(self.status)]
+        if self.call_id:
+            parts.append(f"call={self.call_id}")
+        if self.model:
+            parts.append(f"model={self.model}")
+        if self.stream:
+            parts.append("stream")
+        if self.ttft_ms is not None:
+            parts.append(f"ttft={self.ttft_ms:.0f}ms")
+        parts.append(f"total={self.total_ms:.0f}ms")
+        if self.stream:
+            parts.append(f"chunks={self.chunks}")
+        if self.prompt_tokens is not None or self.completion_tokens is not None:
+            parts.append(f"tokens={self.prompt_tokens}/{self.completion_tokens}")
+        if self.outcome != "ok":
+            parts.append(f"outcome={self.outcome}")
+        if self.error:
+            parts.append(f'error="{self.error}"')
+        return " ".join(parts)

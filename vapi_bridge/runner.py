@@ -1,0 +1,171 @@
+"""``serve``: wire settings, upstream, app, server and tunnel together, and stop in order.
+
+Start-up: build the upstream, bind the server, open the tunnel (failure is reported, local
+serving goes on), print what to paste into Vapi, record where the bridge listens. Stop (first
+Ctrl-C / SIGTERM): stop accepting, let live streams finish, close the tunnel and its agent,
+remove the state file. stdout carries only the URL; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from vapi_bridge import state
+from vapi_bridge.errors import ConfigError, TunnelError
+
+if TYPE_CHECKING:
+    from vapi_bridge.settings import Settings
+    from vapi_bridge.tunnel import Tunnel
+    from vapi_bridge.upstream import Upstream
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(settings: Settings, console: Console) -> None:
+    """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
+    from vapi_bridge import server
+    from vapi_bridge.app import create_app
+    from vapi_bridge.middleware import build_middleware
+
+    upstream = _upstream(settings)
+    prepare, on_reply = build_middleware(settings)
+    app = create_app(settings, upstream, prepare=prepare, on_reply=on_reply)
+    try:
+        bridge = server.BridgeServer(app, settings.host, settings.port)
+    except OSError as exc:
+        upstream.close()
+        raise ConfigError(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
+            hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
+        ) from None
+    with server.stop_signals() as stop:
+        bridge.start()
+        tunnel, tunnel_error = _open_tunnel(settings, bridge.port)
+        try:
+            _announce(settings, bridge.port, tunnel, tunnel_error, console)
+            state.write(
+                settings.home,
+                pid=os.getpid(),
+                local_url=_local(settings, bridge.port),
+                public_url=tunnel.public_url if tunnel is not None else None,
+                secret=settings.secret,
+            )
+            server.wait(stop)
+            console.print("[dim]Stopping: finishing live replies...[/]")
+            cut = bridge.stop()
+            if cut:
+                console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
+        finally:
+            if tunnel is not None:
+                tunnel.close()
+            state.remove(settings.home)
+            upstream.close()
+    console.print("[dim]vapi-bridge stopped.[/]")
+
+
+def _upstream(settings: Settings) -> Upstream:
+    if settings.demo:
+        from vapi_bridge.demo import DemoUpstream
+
+        return DemoUpstream()
+    if not settings.api_key:
+        raise ConfigError(
+            "No SambaNova API key.",
+            hint="Run `vapi-bridge configure-key`, set SAMBANOVA_API_KEY, "
+            "or try the offline model with `vapi-bridge serve --demo`.",
+        )
+    from vapi_bridge.upstream import SambaNovaUpstream
+
+    return SambaNovaUpstream(
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        first_token_timeout=settings.upstream_timeout,
+    )
+
+
+def _open_tunnel(settings: Settings, port: int) -> tuple[Tunnel | None, TunnelError | None]:
+    if not settings.tunnel:
+        return None, None
+    from vapi_bridge.tunnel import open_tunnel
+
+    try:
+        tunnel = open_tunnel(
+            _local(settings, port),
+            home=settings.home,
+            ngrok_path=settings.ngrok_path,
+            authtoken=settings.ngrok_authtoken,
+            domain=settings.domain,
+        )
+    except TunnelError as exc:
+        return None, exc
+    return tunnel, None
+
+
+def _local(settings: Settings, port: int) -> str:
+    """The URL this machine reaches the bridge at (a wildcard bind means loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce(
+    settings: Settings,
+    port: int,
+    tunnel: Tunnel | None,
+    tunnel_error: TunnelError | None,
+    console: Console,
+) -> None:
+    local = _local(settings, port)
+    model = settings.model or settings.default_model
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    if tunnel is not None:
+        table.add_row("Custom LLM URL", f"[bold green]{tunnel.public_url}[/]")
+        table.add_row("", "[dim]paste the base URL: Vapi appends /chat/completions[/]")
+    table.add_row(
+        "Model", model + ("  [dim](forced for every request)[/]" if settings.model else "")
+    )
+    for vapi_name, target in settings.model_map:
+        table.add_row("", f"[dim]{vapi_name} -> {target}[/]")
+    if settings.secret:
+        table.add_row("API key", settings.secret)
+        table.add_row("", "[dim]store it as the Custom LLM credential in Vapi[/]")
+    else:
+        table.add_row("API key", "[bold red]none: auth is off (--no-auth)[/]")
+    table.add_row("Local URL", local)
+    table.add_row("Upstream", "demo model (offline)" if settings.demo else settings.base_url)
+    title = "vapi-bridge is ready" + (" (demo)" if settings.demo else "")
+    console.print(Panel(table, title=title, border_style="green", expand=False))
+    if tunnel_error is not None:
+        console.print(f"[bold yellow]Tunnel not opened:[/] {tunnel_error.cli_message()}")
+        console.print(f"[yellow]Still serving locally at {local}.[/]")
+    if settings.secret is None:
+        where = "on the public internet through the tunnel" if tunnel else "without a key"
+        console.print(f"[bold red]WARNING: anyone who finds this bridge can use it {where}.[/]")
+    if settings.host not in LOOPBACK:
+        console.print(
+            f"[bold red]WARNING: listening on {settings.host}, beyond this machine; "
+            "other hosts on the network can reach the bridge.[/]"
+        )
+    console.print("[dim]Try it: vapi-bridge test   Stop: Ctrl-C[/]")
+    url = tunnel.public_url if tunnel is not None else (local if not settings.tunnel else None)
+    if url:
+        sys.stdout.write(url + "\n")
+        sys.stdout.flush()
+
+
+def setup_logging(log_format: str) -> None:
+    """Request lines and warnings on stderr, unbuffered, plain (no colour codes in logs)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("vapi_bridge")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False

@@ -1,0 +1,190 @@
+"""The public URL: an ngrok tunnel opened through pyngrok, with a deadline and plain errors.
+
+pyngrok runs the ngrok agent binary and drives its local API. This module picks the binary
+(explicit path, ``PYNGROK_NGROK_PATH``, a real ``ngrok`` on ``PATH``, then pyngrok's own
+install), keeps the agent's config under the bridge's home instead of the user's ngrok config,
+hands the auth token to the agent through its environment rather than its command line (where
+``ps`` would show it), enforces its own start-up deadline (pyngrok only checks between log
+lines), and maps ngrok's error codes to one message each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vapi_bridge.errors import TunnelError
+
+DEFAULT_DEADLINE = 20.0
+TOKEN_HINT = (
+    "Run `vapi-bridge configure-key --ngrok` with the token from "
+    "https://dashboard.ngrok.com/get-started/your-authtoken, or set NGROK_AUTHTOKEN."
+)
+_ERRORS: dict[str, tuple[str, str]] = {
+    "ERR_NGROK_4018": ("ngrok needs an auth token to open a tunnel.", TOKEN_HINT),
+    "ERR_NGROK_105": ("ngrok rejected the auth token.", TOKEN_HINT),
+    "ERR_NGROK_107": ("ngrok rejected the auth token.", TOKEN_HINT),
+    "ERR_NGROK_108": (
+        "Your ngrok account already has its maximum of agent sessions online.",
+        "Stop the other ngrok agent (or the other vapi-bridge) and retry.",
+    ),
+    "ERR_NGROK_334": (
+        "That ngrok URL is already online in another agent session.",
+        "Stop the other session using it, or drop --domain to get your account's dev URL.",
+    ),
+}
+
+
+@dataclass
+class Tunnel:
+    """An open tunnel; :meth:`close` removes it and ends the agent process."""
+
+    public_url: str
+    _config: Any
+
+    def close(self) -> None:
+        from pyngrok import ngrok
+
+        with contextlib.suppress(Exception):
+            ngrok.disconnect(self.public_url, pyngrok_config=self._config)
+        with contextlib.suppress(Exception):
+            ngrok.kill(pyngrok_config=self._config)
+
+
+def find_agent(explicit: str | None) -> str | None:
+    """The agent binary to run, or ``None`` to let pyngrok install its own.
+
+    ``explicit`` (``--ngrok-path`` or ``PYNGROK_NGROK_PATH``) wins; a missing file there is an
+    error rather than a silent download. Otherwise a real ``ngrok`` on ``PATH``, skipping the
+    Python wrapper script that ``pip install pyngrok`` puts there.
+    """
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise TunnelError(
+                f"No ngrok agent at {path}.",
+                hint="Fix --ngrok-path / PYNGROK_NGROK_PATH, or unset it to use ngrok from PATH.",
+            )
+        return str(path)
+    found = shutil.which("ngrok")
+    if found and not _is_python_wrapper(Path(found)):
+        return found
+    return None
+
+
+def _is_python_wrapper(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return True
+    return head.startswith(b"#!") and b"python" in head.split(b"\n", 1)[0].lower()
+
+
+def stored_ngrok_token() -> str | None:
+    """The token from the user's own ngrok config (``ngrok config add-authtoken``), if any."""
+    for path in _ngrok_config_paths():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        match = re.search(r"^\s*authtoken:\s*['\"]?([A-Za-z0-9_\-]+)", text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _ngrok_config_paths() -> list[Path]:
+    home = Path.home()
+    if sys.platform == "darwin":
+        return [home / "Library/Application Support/ngrok/ngrok.yml", home / ".ngrok2/ngrok.yml"]
+    if os.name == "nt":
+        local = Path(os.environ.get("LOCALAPPDATA", home / "AppData/Local"))
+        return [local / "ngrok/ngrok.yml", home / ".ngrok2/ngrok.yml"]
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    return [xdg / "ngrok/ngrok.yml", home / ".ngrok2/ngrok.yml"]
+
+
+def open_tunnel(
+    local_url: str,
+    *,
+    home: Path,
+    ngrok_path: str | None = None,
+    authtoken: str | None = None,
+    domain: str | None = None,
+    deadline: float = DEFAULT_DEADLINE,
+) -> Tunnel:
+    """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
+    from pyngrok import conf, ngrok
+
+    logging.getLogger("pyngrok").setLevel(logging.CRITICAL)
+    agent = find_agent(ngrok_path)
+    if authtoken:
+        os.environ["NGROK_AUTHTOKEN"] = authtoken
+    options: dict[str, Any] = {}
+    if domain:
+        options["url"] = domain if "://" in domain else f"https://{domain}"
+    home.mkdir(parents=True, exist_ok=True)
+    config = conf.PyngrokConfig(
+        ngrok_path=agent or conf.DEFAULT_NGROK_PATH,
+        config_path=str(home / "ngrok.yml"),
+        startup_timeout=int(deadline) + 1,
+    )
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["url"] = ngrok.connect(local_url, pyngrok_config=config, **options).public_url
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=connect, name="vapi-bridge-ngrok", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        with contextlib.suppress(Exception):
+            ngrok.kill(pyngrok_config=config)
+        raise TunnelError(
+            f"The ngrok agent was not ready within {deadline:g}s.",
+            hint="Check your network and ngrok's status page, or serve locally with --no-tunnel.",
+        )
+    if "error" in outcome:
+        with contextlib.suppress(Exception):
+            ngrok.kill(pyngrok_config=config)
+        raise _tunnel_error(outcome["error"], authtoken) from None
+    return Tunnel(public_url=str(outcome["url"]), _config=config)
+
+
+def _tunnel_error(exc: BaseException, authtoken: str | None) -> TunnelError:
+    from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError, PyngrokNgrokInstallError
+
+    if isinstance(exc, PyngrokNgrokInstallError):
+        return TunnelError(
+            "The ngrok agent is not installed and could not be downloaded.",
+            hint="Install ngrok (https://ngrok.com/download) and pass --ngrok-path, "
+            "or serve locally with --no-tunnel.",
+        )
+    text = str(exc)
+    if isinstance(exc, PyngrokNgrokHTTPError):
+        text = f"{text} {exc.body}"
+    elif isinstance(exc, PyngrokNgrokError) and exc.ngrok_error:
+        text = f"{text} {exc.ngrok_error}"
+    match = re.search(r"ERR_NGROK_\d+", text)
+    if match and match.group(0) in _ERRORS:
+        message, hint = _ERRORS[match.group(0)]
+        return TunnelError(f"{message} ({match.group(0)})", hint=hint)
+    if authtoken:
+        text = text.replace(authtoken, "***")
+    detail = " ".join(text.split())[:300]
+    return TunnelError(
+        f"ngrok failed to open the tunnel: {detail}",
+        hint="See https://ngrok.com/docs/errors for the code, or serve locally with --no-tunnel.",
+    )

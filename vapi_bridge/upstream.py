@@ -1,0 +1,242 @@
+"""The SambaNova side: one SDK client per server, voice-sized timeouts, bounded retries.
+
+The SDK's defaults (600 s timeout, two retries with multi-second backoff) would leave a caller
+in silence, so the client is built with ``max_retries=0`` and this module retries itself: only
+before the first byte, and only while the first-token deadline leaves room. Streams are read
+as raw SSE lines (``with_streaming_response``), so each chunk is parsed once with ``json``
+instead of being validated into a model and serialised again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from vapi_bridge.errors import UpstreamError, UpstreamStreamBroken, upstream_status_message
+from vapi_bridge.normalise import InBandError
+
+if TYPE_CHECKING:
+    from sambanova import APIStatusError, SambaNova
+
+DEFAULT_BASE_URL = "https://api.sambanova.ai/v1"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class ChunkStream(Protocol):
+    """An open upstream stream: parsed chunk objects, closable at any point."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """What the HTTP app needs from a model: a stream, a whole completion, and shutdown."""
+
+    def open_stream(self, params: dict[str, Any]) -> ChunkStream: ...
+
+    def complete(self, params: dict[str, Any]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class SambaNovaUpstream:
+    """SambaNova Cloud (or any OpenAI-compatible base URL) through the ``sambanova`` SDK."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        first_token_timeout: float = 15.0,
+        connect_timeout: float = 3.0,
+        max_retries: int = 2,
+    ) -> None:
+        from sambanova import SambaNova
+
+        self.base_url = base_url
+        self.first_token_timeout = first_token_timeout
+        self.connect_timeout = connect_timeout
+        self.max_retries = max_retries
+        http_client = httpx.Client(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            timeout=self._timeout(first_token_timeout),
+        )
+        # x_api_key is passed explicitly: otherwise the SDK sends SAMBANOVA_API_KEY from the
+        # environment as x-api-key even when another key was configured.
+        self._client: SambaNova = SambaNova(
+            api_key=api_key,
+            x_api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    def open_stream(self, params: dict[str, Any]) -> ChunkStream:
+        """Start a streamed completion; raises :class:`UpstreamError` before the first byte."""
+        create = self._client.chat.completions.with_streaming_response.create
+        deadline = time.monotonic() + self.first_token_timeout
+        for attempt in range(self.max_retries + 1):
+            timeout = self._timeout(deadline - time.monotonic())
+            context = create(**params, timeout=timeout)
+            try:
+                response = context.__enter__()
+            except Exception as exc:
+                error = self._map(exc, params)
+                if not self._may_retry(error, attempt, deadline):
+                    raise error from None
+                continue
+            return SSEStream(context, response, self.first_token_timeout)
+        raise AssertionError("unreachable: the last attempt always raises or returns")
+
+    def complete(self, params: dict[str, Any]) -> Any:
+        """A whole (non-streamed) completion as a JSON object."""
+        create = self._client.chat.completions.with_streaming_response.create
+        deadline = time.monotonic() + self.first_token_timeout
+        for attempt in range(self.max_retries + 1):
+            timeout = self._timeout(deadline - time.monotonic())
+            try:
+                with create(**params, timeout=timeout) as response:
+                    return json.loads(response.read())
+            except ValueError:
+                raise UpstreamError(
+                    "SambaNova answered with a body that is not JSON.",
+                    hint="Check --base-url: it must be an OpenAI-compatible API.",
+                    upstream_status=502,
+                ) from None
+            except Exception as exc:
+                error = self._map(exc, params)
+                if not self._may_retry(error, attempt, deadline):
+                    raise error from None
+        raise AssertionError("unreachable: the last attempt always raises or returns")
+
+    def list_models(self) -> list[str]:
+        """Model ids the key can use; also the cheapest way to verify a key."""
+        try:
+            return [model.id for model in self._client.models.list(timeout=10.0).data]
+        except Exception as exc:
+            raise self._map(exc, {"model": ""}) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _timeout(self, remaining: float) -> httpx.Timeout:
+        remaining = max(remaining, 0.001)
+        return httpx.Timeout(remaining, connect=min(self.connect_timeout, remaining))
+
+    def _may_retry(self, error: UpstreamError, attempt: int, deadline: float) -> bool:
+        if attempt >= self.max_retries:
+            return False
+        if error.upstream_status is not None and error.upstream_status not in RETRY_STATUSES:
+            return False
+        if error.code == "upstream_timeout":
+            return False
+        pause = 0.1 * 2**attempt
+        if error.retry_after is not None:
+            try:
+                pause = max(pause, float(error.retry_after))
+            except ValueError:
+                return False
+        if time.monotonic() + pause >= deadline - 0.05:
+            return False
+        time.sleep(pause)
+        return True
+
+    def _map(self, exc: Exception, params: dict[str, Any]) -> UpstreamError:
+        """The one translation from SDK/network exceptions to :class:`UpstreamError`."""
+        from sambanova import APIConnectionError, APIStatusError, APITimeoutError
+
+        if isinstance(exc, APIStatusError):
+            return _status_error(exc, str(params.get("model", "")))
+        if isinstance(exc, APITimeoutError | httpx.TimeoutException):
+            return UpstreamError(
+                f"SambaNova did not start answering within {self.first_token_timeout:g}s.",
+                hint="Retry; raise --upstream-timeout (keep it under Vapi's 20 s) if it persists.",
+                upstream_status=504,
+                code="upstream_timeout",
+            )
+        if isinstance(exc, APIConnectionError | httpx.HTTPError):
+            return UpstreamError(
+                f"Could not reach SambaNova at {self.base_url}.",
+                hint="Check the network, a proxy or firewall, and --base-url.",
+            )
+        raise exc
+
+
+def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
+    body = exc.body
+    detail = ""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            detail = str(inner.get("message") or inner.get("code") or "")
+        elif isinstance(inner, str):
+            detail = inner
+    if exc.status_code in (401, 402):
+        detail = ""
+    message, hint = upstream_status_message(exc.status_code, model, detail[:300])
+    return UpstreamError(
+        message,
+        hint=hint,
+        upstream_status=exc.status_code,
+        retry_after=exc.response.headers.get("retry-after"),
+    )
+
+
+class SSEStream:
+    """Reads SambaNova's SSE lines and yields each event's JSON; closing drops the connection."""
+
+    def __init__(self, context: Any, response: Any, stall_timeout: float) -> None:
+        self._context = context
+        self._response = response
+        self._stall_timeout = stall_timeout
+        self.skipped_lines = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        event = ""
+        data: list[str] = []
+        try:
+            for line in self._response.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[6:] if line.startswith("data: ") else line[5:])
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif not line and data:
+                    payload = "\n".join(data)
+                    data = []
+                    if payload.startswith("[DONE]"):
+                        return
+                    try:
+                        parsed = json.loads(payload)
+                    except ValueError:
+                        self.skipped_lines += 1
+                        continue
+                    if event == "error":
+                        raise InBandError(
+                            f"SambaNova reported an error mid-stream: {payload[:300]}"
+                        )
+                    event = ""
+                    yield parsed
+        except httpx.TimeoutException:
+            raise UpstreamStreamBroken(
+                f"SambaNova stalled: no data for {self._stall_timeout:g}s.",
+                upstream_status=504,
+            ) from None
+        except httpx.HTTPError:
+            raise UpstreamStreamBroken("The connection to SambaNova dropped mid-stream.") from None
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+
+def verify_key(api_key: str, base_url: str) -> list[str]:
+    """Check a SambaNova key against the models endpoint; returns the model ids."""
+    upstream = SambaNovaUpstream(api_key=api_key, base_url=base_url, max_retries=0)
+    try:
+        return upstream.list_models()
+    finally:
+        upstream.close()
