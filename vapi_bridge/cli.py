@@ -24,6 +24,7 @@ from vapi_bridge.settings import (
     DEFAULT_MAX_BODY,
     DEFAULT_MODEL,
     DEFAULT_PORT,
+    DEFAULT_TUNNEL_TIMEOUT,
     DEFAULT_UPSTREAM_TIMEOUT,
 )
 
@@ -45,7 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _stderr() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _reports_errors(command: F) -> F:
@@ -142,6 +143,9 @@ def serve(
         str | None,
         typer.Option(help="Reserved ngrok domain to use. [env: VAPI_BRIDGE_DOMAIN]"),
     ] = None,
+    tunnel_timeout: Annotated[
+        float, typer.Option(min=0.5, max=300, help="Seconds to wait for the ngrok agent.")
+    ] = DEFAULT_TUNNEL_TIMEOUT,
     upstream_timeout: Annotated[
         float,
         typer.Option(min=0.5, max=120, help="Seconds to wait for SambaNova's first token."),
@@ -198,6 +202,7 @@ def serve(
         "tunnel": tunnel,
         "ngrok_path": ngrok_path,
         "domain": domain,
+        "tunnel_timeout": tunnel_timeout,
         "upstream_timeout": upstream_timeout,
         "max_body": max_body,
         "log_format": log_format,

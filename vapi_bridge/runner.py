@@ -49,7 +49,6 @@ def serve(settings: Settings, console: Console) -> None:
         bridge.start()
         tunnel, tunnel_error = _open_tunnel(settings, bridge.port)
         try:
-            _announce(settings, bridge.port, tunnel, tunnel_error, console)
             state.write(
                 settings.home,
                 pid=os.getpid(),
@@ -57,6 +56,7 @@ def serve(settings: Settings, console: Console) -> None:
                 public_url=tunnel.public_url if tunnel is not None else None,
                 secret=settings.secret,
             )
+            _announce(settings, bridge.port, tunnel, tunnel_error, console)
             server.wait(stop)
             console.print("[dim]Stopping: finishing live replies...[/]")
             cut = bridge.stop()
@@ -102,6 +102,7 @@ def _open_tunnel(settings: Settings, port: int) -> tuple[Tunnel | None, TunnelEr
             ngrok_path=settings.ngrok_path,
             authtoken=settings.ngrok_authtoken,
             domain=settings.domain,
+            deadline=settings.tunnel_timeout,
         )
     except TunnelError as exc:
         return None, exc

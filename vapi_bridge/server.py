@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,15 +35,25 @@ class BridgeServer:
         # werkzeug's per-request access log would duplicate the bridge's own request log.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._streams: Streams = app.extensions["vapi_bridge.streams"]
-        self._server = make_server(host, port, app, threaded=True)
+        # Bind here so a busy port raises OSError for the caller to explain; werkzeug would
+        # print its own message and exit the process.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=128)
+        try:
+            self._server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+        finally:
+            listener.close()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="vapi-bridge-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="vapi-bridge-http",
+            daemon=True,
         )
 
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
-        return int(self._server.server_port)
+        return int(self._server.server_address[1])
 
     def start(self) -> None:
         self._thread.start()

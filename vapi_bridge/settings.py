@@ -18,6 +18,7 @@ DEFAULT_BASE_URL = "https://api.sambanova.ai/v1"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 DEFAULT_UPSTREAM_TIMEOUT = 15.0
+DEFAULT_TUNNEL_TIMEOUT = 20.0
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 # Each setting: (environment variables, in order of preference; key in the stored config).
@@ -65,6 +66,7 @@ class Settings:
     ngrok_path: str | None = None
     ngrok_authtoken: str | None = field(default=None, repr=False)
     domain: str | None = None
+    tunnel_timeout: float = DEFAULT_TUNNEL_TIMEOUT
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     log_format: str = "text"

@@ -23,7 +23,6 @@ from typing import Any
 
 from vapi_bridge.errors import TunnelError
 
-DEFAULT_DEADLINE = 20.0
 TOKEN_HINT = (
     "Run `vapi-bridge configure-key --ngrok` with the token from "
     "https://dashboard.ngrok.com/get-started/your-authtoken, or set NGROK_AUTHTOKEN."
@@ -120,7 +119,7 @@ def open_tunnel(
     ngrok_path: str | None = None,
     authtoken: str | None = None,
     domain: str | None = None,
-    deadline: float = DEFAULT_DEADLINE,
+    deadline: float = 20.0,
 ) -> Tunnel:
     """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
     from pyngrok import conf, ngrok

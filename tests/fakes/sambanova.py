@@ -1,0 +1,318 @@
+"""A fake SambaNova Cloud API on loopback, for the real ``sambanova`` SDK to talk to.
+
+It speaks HTTP/1.1 with chunked streaming like the real service and replays the shapes in
+``shared/fixtures``. Tests script the next answers (:meth:`FakeSambaNova.push`) or pick a
+behaviour by model name (``fail-503``, ``slow``...) for concurrent runs, and then inspect what
+arrived (:attr:`FakeSambaNova.requests`) and which streams the client abandoned.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CREATED = 1771518114
+REPLY = ["Sure", "! Let me check", " Tuesday for you."]
+USAGE = {
+    "prompt_tokens": 21,
+    "completion_tokens": 41,
+    "total_tokens": 62,
+    "time_to_first_token": 0.0915,
+    "completion_tokens_per_sec": 244.02,
+}
+GOOD_KEYS = {"test-key", "sk-test"}
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A SambaNova-shaped chunk: role in every delta, float-free here, logprobs null."""
+    return {
+        "choices": [{"delta": delta, "finish_reason": finish, "index": 0, "logprobs": None}],
+        "created": CREATED,
+        "id": "283ffbf5-591e-4187-9361-391602be5586",
+        "model": "Meta-Llama-3.3-70B-Instruct",
+        "object": "chat.completion.chunk",
+        "system_fingerprint": "fastcoe",
+        **extra,
+    }
+
+
+def text_chunks(parts: list[str] = REPLY) -> list[Any]:
+    out: list[Any] = [chunk({"content": p, "role": "assistant"}) for p in parts]
+    out.append(chunk({"content": ""}, "stop"))
+    out.append({**chunk({}), "choices": [], "usage": USAGE})
+    return out
+
+
+def tool_chunks(with_index: bool = True) -> list[Any]:
+    """A streamed tool call; SambaNova has been seen to omit ``index``, so that is optional."""
+
+    def call(**fields: Any) -> dict[str, Any]:
+        return {"index": 0, **fields} if with_index else fields
+
+    return [
+        chunk(
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    call(
+                        id="call_abc",
+                        type="function",
+                        function={"name": "check_availability", "arguments": ""},
+                    )
+                ],
+            }
+        ),
+        chunk({"tool_calls": [call(function={"arguments": '{"date": '})]}),
+        chunk({"tool_calls": [call(function={"arguments": '"2026-12-01"}'})]}),
+        chunk({"content": ""}, "tool_calls"),
+    ]
+
+
+@dataclass
+class Script:
+    """One scripted answer. ``kind``: stream, status, json, reset, hang."""
+
+    kind: str = "stream"
+    chunks: list[Any] = field(default_factory=text_chunks)
+    gap: float = 0.0
+    ttft: float = 0.0
+    end: str = "done"  # done | drop | stall | eof (no [DONE])
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeSambaNova:
+    """The server; use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.scripts: collections.deque[Script] = collections.deque()
+        self.abandoned = 0
+        self.abandoned_event = threading.Event()
+        self.open_streams = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
+
+    def start(self) -> FakeSambaNova:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeSambaNova:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def push(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.scripts.clear()
+        self.abandoned = 0
+        self.abandoned_event.clear()
+        self.release.clear()
+
+    @property
+    def last(self) -> Received:
+        return self.requests[-1]
+
+    def _next_script(self, body: Any) -> Script:
+        if self.scripts:
+            return self.scripts.popleft()
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        return script_for_model(
+            str(model), stream=bool(isinstance(body, dict) and body.get("stream"))
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silence the default access log."""
+
+            def do_GET(self) -> None:
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if self.path.rstrip("/") != "/v1/models":
+                    self._json(404, {"error": {"message": "not found", "code": "not_found"}})
+                elif key == "no-card-key":
+                    self._json(
+                        402,
+                        {
+                            "error": {
+                                "message": "Payment method required",
+                                "code": "PAYMENT_METHOD_REQUIRED",
+                            }
+                        },
+                    )
+                elif key not in GOOD_KEYS:
+                    self._json(
+                        401,
+                        {"error": {"message": "Invalid API key", "code": "invalid_authentication"}},
+                    )
+                else:
+                    models = [
+                        {"id": "Meta-Llama-3.3-70B-Instruct", "object": "model"},
+                        {"id": "gpt-oss-120b", "object": "model"},
+                    ]
+                    self._json(200, {"object": "list", "data": models})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                with fake._lock:
+                    fake.requests.append(Received(self.path, dict(self.headers), body))
+                    script = fake._next_script(body)
+                self._answer(script)
+
+            def _answer(self, script: Script) -> None:
+                if script.kind == "reset":
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if script.kind == "hang":
+                    fake.release.wait(10)
+                    self.close_connection = True
+                    return
+                if script.kind in ("status", "json"):
+                    body = script.body
+                    if body is None:
+                        body = json.loads(FIXTURE_RESPONSE)
+                    self._json(script.status, body, script.headers)
+                    return
+                self._stream(script)
+
+            def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, script: Script) -> None:
+                time.sleep(script.ttft)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                with fake._lock:
+                    fake.open_streams += 1
+                try:
+                    for i, item in enumerate(script.chunks):
+                        if i and script.gap:
+                            time.sleep(script.gap)
+                        line = item if isinstance(item, str) else "data: " + json.dumps(item)
+                        self._chunk((line + "\n\n").encode())
+                    if script.end == "drop":
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if script.end == "stall":
+                        fake.release.wait(10)
+                        self.close_connection = True
+                        return
+                    if script.end == "done":
+                        self._chunk(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:
+                    with fake._lock:
+                        fake.abandoned += 1
+                    fake.abandoned_event.set()
+                    self.close_connection = True
+                finally:
+                    with fake._lock:
+                        fake.open_streams -= 1
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        return Handler
+
+
+def script_for_model(model: str, stream: bool) -> Script:
+    """Behaviour chosen by model name, so concurrent clients can each ask for their own."""
+    if model.startswith("fail-"):
+        status = int(model.removeprefix("fail-"))
+        return Script(
+            kind="status",
+            status=status,
+            body={"error": {"message": f"fake failure {status}", "code": "fake"}},
+        )
+    if model == "long":
+        return Script(chunks=text_chunks(["word "] * 400), gap=0.02)
+    if model.startswith("paced-"):
+        # paced-<chunks>-<gap ms>: a fixed-length reply at a fixed rate, for load tests.
+        _, count, gap_ms = model.split("-")
+        return Script(chunks=text_chunks(["tok "] * int(count)), gap=int(gap_ms) / 1000)
+    if model == "drop":
+        return Script(chunks=text_chunks()[:2], end="drop")
+    if not stream:
+        return Script(kind="json")
+    return Script()
+
+
+FIXTURE_RESPONSE = json.dumps(
+    {
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "index": 0,
+                "logprobs": None,
+                "message": {"content": "Sure! Let me check Tuesday for you.", "role": "assistant"},
+            }
+        ],
+        "created": 1737583288.6076705,
+        "id": "83a7809d-e18f-44f9-9ab7-2bc494c6c661",
+        "model": "Meta-Llama-3.3-70B-Instruct",
+        "object": "chat.completion",
+        "system_fingerprint": "fastcoe",
+        "usage": {
+            "completion_tokens": 9,
+            "prompt_tokens": 43,
+            "total_tokens": 52,
+            "time_to_first_token": 0.131,
+        },
+    }
+)

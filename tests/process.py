@@ -1,0 +1,129 @@
+"""Run ``vapi-bridge`` as a subprocess and wait on its output, never on the clock."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from tests.conftest import cli
+
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (connections are refused at once)."""
+    return free_port()
+
+
+class Serve:
+    """A running ``vapi-bridge serve`` with its stdout and stderr read line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            cli("serve", *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.out: queue.Queue[str] = queue.Queue()
+        self.err_lines: list[str] = []
+        self._err_changed = threading.Condition()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
+
+    def _pump(self, stream: IO[str], is_err: bool | None) -> None:
+        for line in stream:
+            if is_err:
+                with self._err_changed:
+                    self.err_lines.append(line.rstrip("\n"))
+                    self._err_changed.notify_all()
+            else:
+                self.out.put(line.rstrip("\n"))
+
+    def stdout_line(self, timeout: float = 15.0) -> str:
+        try:
+            return self.out.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no stdout line; stderr: {self.stderr}") from None
+
+    def wait_stderr(self, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+        with self._err_changed:
+            ok = self._err_changed.wait_for(
+                lambda: any(predicate(line) for line in self.err_lines), timeout
+            )
+            assert ok, f"no such stderr line; stderr: {self.stderr}"
+            return next(line for line in self.err_lines if predicate(line))
+
+    @property
+    def stderr(self) -> str:
+        with self._err_changed:
+            return "\n".join(self.err_lines)
+
+    def stop(self, sig: str = "SIGINT", timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(SIGNALS[sig])
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> Serve:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_fake_agent(directory: Path) -> Path:
+    """The fake ngrok agent as an executable file, the way a real binary would sit on disk."""
+    source = Path(__file__).parent / "fakes" / "ngrok_agent.py"
+    agent = directory / "ngrok"
+    agent.write_text(f"#!{sys.executable}\n" + source.read_text())
+    agent.chmod(0o755)
+    return agent
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            return "\nState:\tZ" not in status.read_text()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,447 @@
+"""The HTTP app end to end: real server, real SambaNova SDK, fake SambaNova on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    SECRET,
+    BridgeFactory,
+    LogCapture,
+    RunningBridge,
+    sse_events,
+    vapi_request,
+)
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks, tool_chunks
+from vapi_bridge.translate import FORWARDED_PARAMS
+
+PRIVATE_VALUES = (
+    "whsec_do_not_log_me_7Yc2",
+    "twilio_secret_do_not_log_9Qx4",
+    "+14155550123",
+    "+14155550199",
+    "Jordan Lee",
+    "AC00000000000000000000000000000000",
+)
+
+
+def chunks_of(events: list[Any]) -> list[dict[str, Any]]:
+    assert events[-1] == "[DONE]"
+    assert "[DONE]" not in events[:-1]
+    for event in events[:-1]:
+        assert event["object"] == "chat.completion.chunk"
+        assert isinstance(event["choices"], list)
+        assert isinstance(event["created"], int)
+        assert isinstance(event["id"], str) and event["model"]
+    return events[:-1]
+
+
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+@pytest.mark.parametrize(
+    "path", ["/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions"]
+)
+def test_streams_vapi_request_on_every_chat_path(bridge: RunningBridge, path: str) -> None:
+    response = bridge.post(vapi_request(), path=path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    chunks = chunks_of(sse_events(response))
+    assert text_of(chunks) == "Sure! Let me check Tuesday for you."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["choices"] for c in chunks), "usage-only chunk was not asked for"
+
+
+def test_usage_chunk_forwarded_only_when_asked(bridge: RunningBridge) -> None:
+    body = {**vapi_request(), "stream_options": {"include_usage": True}}
+    chunks = chunks_of(sse_events(bridge.post(body)))
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 41
+
+
+def test_vapi_fields_and_secrets_never_reach_upstream(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    request = vapi_request()
+    assert bridge.post(request).status_code == 200
+    sent = fake.last.body
+    assert set(sent) <= FORWARDED_PARAMS
+    assert not {"call", "customer", "phoneNumber", "metadata"} & set(sent)
+    raw = json.dumps(sent)
+    for value in PRIVATE_VALUES:
+        assert value not in raw
+    assert sent["messages"] == request["messages"]
+    assert sent["tools"] == request["tools"]
+    assert sent["max_tokens"] == 250 and sent["temperature"] == 0.5
+    assert sent["stream"] is True
+    headers = {k.lower(): v for k, v in fake.last.headers.items()}
+    assert headers["authorization"] == "Bearer test-key"
+    assert headers["x-api-key"] == "test-key"
+    assert SECRET not in json.dumps(headers)
+
+
+def test_non_streaming_returns_chat_completion(bridge: RunningBridge) -> None:
+    response = bridge.post({**vapi_request(), "stream": False})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["created"] == 1737583288
+    assert body["choices"][0]["message"]["content"] == "Sure! Let me check Tuesday for you."
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_tool_call_deltas_always_carry_index(
+    bridge: RunningBridge, fake: FakeSambaNova, with_index: bool
+) -> None:
+    fake.push(Script(chunks=tool_chunks(with_index=with_index)))
+    chunks = chunks_of(sse_events(bridge.post(vapi_request())))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    calls = [call for d in deltas for call in d.get("tool_calls", [])]
+    assert calls and all(call["index"] == 0 for call in calls)
+    assert calls[0]["id"] == "call_abc" and calls[0]["type"] == "function"
+    arguments = "".join(call["function"].get("arguments", "") for call in calls)
+    assert json.loads(arguments) == {"date": "2026-12-01"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_second_parallel_tool_call_without_index_gets_its_own(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    first = {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": "{}"}}
+    second = {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": "{}"}}
+    fake.push(
+        Script(
+            chunks=[
+                chunk({"tool_calls": [first]}),
+                chunk({"tool_calls": [second]}),
+                chunk({}, "tool_calls"),
+            ]
+        )
+    )
+    chunks = chunks_of(sse_events(bridge.post(vapi_request())))
+    indexes = [c["choices"][0]["delta"]["tool_calls"][0]["index"] for c in chunks[:2]]
+    assert indexes == [0, 1]
+
+
+def test_float_created_and_missing_choices_are_repaired(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    broken = {**chunk({"content": "Hi"}), "created": 1771518114.75}
+    fake.push(Script(chunks=[broken, {**chunk({}), "choices": None}, chunk({}, "stop")]))
+    chunks = chunks_of(sse_events(bridge.post(vapi_request())))
+    assert chunks[0]["created"] == 1771518114
+    assert text_of(chunks) == "Hi"
+
+
+def test_forced_model_overrides_vapi_model(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    bridge = start_bridge(model="gpt-oss-120b")
+    assert bridge.post({**vapi_request(), "model": "gpt-4o"}).status_code == 200
+    assert fake.last.body["model"] == "gpt-oss-120b"
+
+
+def test_missing_model_uses_default(bridge: RunningBridge, fake: FakeSambaNova) -> None:
+    body = vapi_request()
+    del body["model"]
+    assert bridge.post(body).status_code == 200
+    assert fake.last.body["model"] == "Meta-Llama-3.3-70B-Instruct"
+
+
+def test_legacy_functions_are_converted_to_tools(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    body = {
+        "model": "Meta-Llama-3.3-70B-Instruct",
+        "stream": True,
+        "functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}],
+        "function_call": "auto",
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": "lookup", "arguments": "{}"},
+            },
+            {"role": "function", "name": "lookup", "content": "42"},
+        ],
+    }
+    assert bridge.post(body).status_code == 200
+    sent = fake.last.body
+    assert sent["tools"] == [{"type": "function", "function": body["functions"][0]}]
+    assert sent["tool_choice"] == "auto"
+    call = sent["messages"][1]["tool_calls"][0]
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": call["id"], "content": "42"}
+    assert "functions" not in sent and "function_call" not in sent
+
+
+UPSTREAM_ERRORS = [
+    (400, 400, "upstream_bad_request"),
+    (401, 502, "upstream_authentication_failed"),
+    (402, 502, "upstream_payment_required"),
+    (403, 403, "upstream_permission_denied"),
+    (404, 404, "model_not_found"),
+    (429, 429, "rate_limit_exceeded"),
+    (500, 502, "upstream_server_error"),
+    (503, 503, "upstream_overloaded"),
+]
+
+
+@pytest.mark.parametrize(("upstream", "status", "code"), UPSTREAM_ERRORS)
+def test_upstream_status_maps_to_meaningful_error(
+    bridge: RunningBridge, upstream: int, status: int, code: str
+) -> None:
+    response = bridge.post({**vapi_request(), "model": f"fail-{upstream}"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert "SambaNova" in error["message"]
+
+
+def test_rejected_sambanova_key_does_not_read_like_a_vapi_credential(
+    bridge: RunningBridge,
+) -> None:
+    response = bridge.post({**vapi_request(), "model": "fail-401"})
+    message = response.json()["error"]["message"]
+    assert response.status_code != 401
+    assert "not about the Vapi credential" in message and "configure-key" in message
+
+
+def test_rate_limit_passes_retry_after(bridge: RunningBridge, fake: FakeSambaNova) -> None:
+    limited = Script(
+        kind="status",
+        status=429,
+        headers={"Retry-After": "30"},
+        body={"error": {"message": "slow down", "code": "rate_limit"}},
+    )
+    fake.push(limited)
+    response = bridge.post(vapi_request())
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+    assert len(fake.requests) == 1, "a Retry-After beyond the deadline is not waited for"
+
+
+def test_transient_upstream_failure_is_retried_before_first_byte(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    fake.push(Script(kind="status", status=503, body={"error": {"message": "busy"}}))
+    response = bridge.post(vapi_request())
+    assert response.status_code == 200
+    assert len(fake.requests) == 2
+
+
+def test_upstream_unreachable_is_502(start_bridge: BridgeFactory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from vapi_bridge.upstream import SambaNovaUpstream
+
+    upstream = SambaNovaUpstream(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    response = start_bridge(upstream=upstream).post(vapi_request())
+    assert response.status_code == 502
+    assert "Could not reach SambaNova" in response.json()["error"]["message"]
+
+
+def test_error_frame_before_first_chunk_is_an_http_error(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    fake.push(Script(chunks=['data: {"error": {"message": "queue full", "code": "queue_full"}}']))
+    response = bridge.post(vapi_request())
+    assert response.status_code == 502
+    assert "queue full" in response.json()["error"]["message"]
+
+
+def test_error_frame_mid_stream_ends_stream_cleanly(
+    bridge: RunningBridge, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    frames = [*text_chunks()[:2], 'data: {"error": {"message": "maintenance"}}', *text_chunks()]
+    fake.push(Script(chunks=frames))
+    chunks = chunks_of(sse_events(bridge.post(vapi_request())))
+    assert text_of(chunks) == "Sure! Let me check"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    line = logs.wait_for(lambda line: "outcome=upstream_error" in line)
+    assert "maintenance" in line
+
+
+def test_dropped_upstream_mid_stream_ends_cleanly(bridge: RunningBridge, logs: LogCapture) -> None:
+    response = bridge.post({**vapi_request(), "model": "drop"})
+    chunks = chunks_of(sse_events(response))
+    assert text_of(chunks) == "Sure! Let me check"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "dropped" in logs.wait_for(lambda line: "outcome=upstream_error" in line)
+
+
+def test_upstream_that_never_answers_hits_the_deadline(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    bridge = start_bridge(upstream_timeout=0.5)
+    fake.push(Script(kind="hang"))
+    response = bridge.post(vapi_request())
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_stall_between_tokens_ends_stream_cleanly(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    bridge = start_bridge(upstream_timeout=0.5)
+    fake.push(Script(chunks=text_chunks()[:1], end="stall"))
+    chunks = chunks_of(sse_events(bridge.post(vapi_request())))
+    assert text_of(chunks) == "Sure"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "stalled" in logs.wait_for(lambda line: "outcome=upstream_error" in line)
+
+
+def test_client_hangup_closes_upstream_stream(
+    bridge: RunningBridge, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    with httpx.stream(
+        "POST",
+        bridge.url + "/chat/completions",
+        headers=bridge.headers(),
+        json={**vapi_request(), "model": "long"},
+        timeout=10,
+    ) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    assert fake.abandoned_event.wait(5), "upstream stream was not closed after the client left"
+    logs.wait_for(lambda line: "outcome=client_closed" in line)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Basic {SECRET}"},
+        {"X-Api-Key": SECRET},
+    ],
+)
+def test_requests_without_the_bridge_key_are_refused(
+    bridge: RunningBridge, fake: FakeSambaNova, headers: dict[str, str]
+) -> None:
+    response = httpx.post(bridge.url + "/chat/completions", json=vapi_request(), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert not fake.requests
+
+
+@pytest.mark.parametrize("value", [f"Bearer {SECRET}", SECRET, f"bearer  {SECRET}"])
+def test_bearer_or_bare_key_is_accepted(bridge: RunningBridge, value: str) -> None:
+    response = httpx.post(
+        bridge.url + "/chat/completions", json=vapi_request(), headers={"Authorization": value}
+    )
+    assert response.status_code == 200
+
+
+def test_no_auth_accepts_requests_without_a_key(start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(secret=None, no_auth=True)
+    response = httpx.post(bridge.url + "/chat/completions", json=vapi_request())
+    assert response.status_code == 200
+
+
+def test_health_needs_no_auth_and_no_upstream(bridge: RunningBridge, fake: FakeSambaNova) -> None:
+    response = httpx.get(bridge.url + "/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert not fake.requests
+
+
+@pytest.mark.parametrize("path", ["/models", "/v1/models"])
+def test_models_lists_in_openai_shape(start_bridge: BridgeFactory, path: str) -> None:
+    bridge = start_bridge(model_map=(("gpt-4o", "gpt-oss-120b"),))
+    body = httpx.get(bridge.url + path, headers=bridge.headers()).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["Meta-Llama-3.3-70B-Instruct", "gpt-4o"]
+    assert httpx.get(bridge.url + path).status_code == 401
+
+
+BAD_REQUESTS: list[tuple[Any, int, str]] = [
+    (b"{not json", 400, "invalid_json"),
+    (b"\xff\xfe\x00garbage", 400, "invalid_json"),
+    ([1, 2], 400, "invalid_body"),
+    ({"model": "m"}, 400, "invalid_parameter"),
+    ({"messages": []}, 400, "invalid_parameter"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_parameter"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "invalid_parameter"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+        400,
+        "invalid_parameter",
+    ),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400, "invalid_parameter"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "invalid_parameter"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web"}]},
+        400,
+        "invalid_parameter",
+    ),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD_REQUESTS)
+def test_bad_input_gets_openai_style_4xx(
+    bridge: RunningBridge, fake: FakeSambaNova, body: Any, status: int, code: str
+) -> None:
+    response = bridge.post(body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"]
+    assert not fake.requests
+    assert bridge.post(vapi_request()).status_code == 200, "the server keeps serving"
+
+
+def test_oversized_body_is_413(start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(max_body=4096)
+    body = {"messages": [{"role": "user", "content": "x" * 10_000}]}
+    response = bridge.post(body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert bridge.post(vapi_request()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("POST", "/v2/chat", 404),
+        ("GET", "/chat/completions", 405),
+        ("DELETE", "/v1/chat/completions", 405),
+    ],
+)
+def test_unknown_routes_and_methods(
+    bridge: RunningBridge, method: str, path: str, status: int
+) -> None:
+    response = httpx.request(method, bridge.url + path, headers=bridge.headers())
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+
+
+def test_logs_hold_call_id_timings_and_no_secrets(bridge: RunningBridge, logs: LogCapture) -> None:
+    bridge.post(vapi_request())
+    bridge.post({**vapi_request(), "model": "fail-401"})
+    bridge.post(b"{broken", headers={"Authorization": "Bearer not-the-key-123"})
+    line = logs.wait_for(lambda line: "call=8f1c2a3e" in line and " 200 " in line)
+    assert "ttft=" in line and "total=" in line and "chunks=" in line and "tokens=21/41" in line
+    logs.wait_for(lambda line: " 401 " in line and "invalid_api_key" in line)
+    for secret in (*PRIVATE_VALUES, SECRET, "test-key", "not-the-key-123"):
+        assert secret not in logs.text
+    assert "Riley" not in logs.text, "no message content in logs"
+
+
+def test_log_injection_through_call_id_is_neutralised(
+    bridge: RunningBridge, logs: LogCapture
+) -> None:
+    body = {**vapi_request(), "call": {"id": "abc\n12:00:00 POST /fake 200 forged"}}
+    bridge.post(body)
+    line = logs.wait_for(lambda line: "call=" in line)
+    assert "\n" not in line and "call=abc12:00:00POSTfake200forged" in line
