@@ -137,6 +137,9 @@ def open_tunnel(
         config_path=str(home / "ngrok.yml"),
         startup_timeout=int(deadline) + 1,
     )
+    # pyngrok copies NGROK_AUTHTOKEN into `--authtoken` on the agent's command line, where any
+    # local user can read it; the agent reads the same variable from its environment instead.
+    config.auth_token = None
     outcome: dict[str, Any] = {}
 
     def connect() -> None:
@@ -149,8 +152,8 @@ def open_tunnel(
     worker.start()
     worker.join(deadline)
     if worker.is_alive():
-        with contextlib.suppress(Exception):
-            ngrok.kill(pyngrok_config=config)
+        _kill_starting_agent(config.ngrok_path)
+        worker.join(5)
         raise TunnelError(
             f"The ngrok agent was not ready within {deadline:g}s.",
             hint="Check your network and ngrok's status page, or serve locally with --no-tunnel.",
@@ -160,6 +163,22 @@ def open_tunnel(
             ngrok.kill(pyngrok_config=config)
         raise _tunnel_error(outcome["error"], authtoken) from None
     return Tunnel(public_url=str(outcome["url"]), _config=config)
+
+
+def _kill_starting_agent(ngrok_path: str) -> None:
+    """Kill an agent pyngrok is still waiting on.
+
+    pyngrok holds its process lock while it blocks reading the agent's log, so ``ngrok.kill``
+    would wait forever; killing the process directly ends that read, and pyngrok then cleans
+    up its own state and raises in the worker thread.
+    """
+    from pyngrok import process
+
+    starting = process._current_processes.get(ngrok_path)
+    if starting is not None:
+        with contextlib.suppress(OSError):
+            starting.proc.kill()
+            starting.proc.wait(5)
 
 
 def _tunnel_error(exc: BaseException, authtoken: str | None) -> TunnelError:
