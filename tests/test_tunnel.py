@@ -142,6 +142,7 @@ def test_no_agent_and_no_network_still_serves_locally(tmp_path: Path) -> None:
     with Serve("--demo", "--port", str(port), env=env) as serve:
         line = serve.wait_stderr(lambda line: "Tunnel not opened" in line, timeout=30)
         assert "not installed and could not be downloaded" in line
-        assert "--ngrok-path" in serve.stderr
+        assert "--ngrok-path" in serve.stderr and "Downloading the ngrok agent" in serve.stderr
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         assert serve.stop() == 0
+    assert serve.out.empty(), "stdout carries only the URL, and there is none"

@@ -47,7 +47,7 @@ def serve(settings: Settings, console: Console) -> None:
         ) from None
     with server.stop_signals() as stop:
         bridge.start()
-        tunnel, tunnel_error = _open_tunnel(settings, bridge.port)
+        tunnel, tunnel_error = _open_tunnel(settings, bridge.port, console)
         try:
             state.write(
                 settings.home,
@@ -90,7 +90,9 @@ def _upstream(settings: Settings) -> Upstream:
     )
 
 
-def _open_tunnel(settings: Settings, port: int) -> tuple[Tunnel | None, TunnelError | None]:
+def _open_tunnel(
+    settings: Settings, port: int, console: Console
+) -> tuple[Tunnel | None, TunnelError | None]:
     if not settings.tunnel:
         return None, None
     from vapi_bridge.tunnel import open_tunnel
@@ -103,6 +105,7 @@ def _open_tunnel(settings: Settings, port: int) -> tuple[Tunnel | None, TunnelEr
             authtoken=settings.ngrok_authtoken,
             domain=settings.domain,
             deadline=settings.tunnel_timeout,
+            on_progress=lambda text: console.print(f"[dim]{text}[/]"),
         )
     except TunnelError as exc:
         return None, exc

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,17 @@ def open_tunnel(
     authtoken: str | None = None,
     domain: str | None = None,
     deadline: float = 20.0,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Tunnel:
     """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
-    from pyngrok import conf, ngrok
+    from pyngrok import conf, installer, ngrok
 
     logging.getLogger("pyngrok").setLevel(logging.CRITICAL)
+    # pyngrok prints download progress on stdout, which carries only the URL here.
+    installer._print_progress_enabled = False
     agent = find_agent(ngrok_path)
+    if agent is None and not Path(conf.DEFAULT_NGROK_PATH).exists() and on_progress:
+        on_progress(f"Downloading the ngrok agent to {conf.DEFAULT_NGROK_PATH} (first run)...")
     if authtoken:
         os.environ["NGROK_AUTHTOKEN"] = authtoken
     options: dict[str, Any] = {}
