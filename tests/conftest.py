@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.fakes.sambanova import FakeSambaNova
-from vapi_bridge.app import OnReply, Prepare, create_app
+from vapi_bridge.app import create_app
+from vapi_bridge.middleware import Middleware, build_middleware
 from vapi_bridge.server import BridgeServer
 from vapi_bridge.settings import Settings
 from vapi_bridge.upstream import SambaNovaUpstream, Upstream
@@ -118,6 +119,7 @@ class RunningBridge:
     secret: str | None
     server: BridgeServer
     upstream: Upstream
+    middleware: Middleware
 
     def headers(self, secret: str | None = "default") -> dict[str, str]:
         key = self.secret if secret == "default" else secret
@@ -138,12 +140,7 @@ def start_bridge(tmp_path: Path, fake: FakeSambaNova) -> Iterator[BridgeFactory]
     """Start bridges in this process on an ephemeral port, stopped after the test."""
     running: list[RunningBridge] = []
 
-    def start(
-        upstream: Upstream | None = None,
-        prepare: Prepare | None = None,
-        on_reply: OnReply | None = None,
-        **overrides: Any,
-    ) -> RunningBridge:
+    def start(upstream: Upstream | None = None, **overrides: Any) -> RunningBridge:
         settings = replace(
             Settings(home=tmp_path / "bridge-home", port=0, secret=SECRET, tunnel=False),
             **overrides,
@@ -154,10 +151,14 @@ def start_bridge(tmp_path: Path, fake: FakeSambaNova) -> Iterator[BridgeFactory]
                 base_url=fake.base_url,
                 first_token_timeout=settings.upstream_timeout,
             )
-        app = create_app(settings, upstream, prepare=prepare, on_reply=on_reply)
+        middleware = build_middleware(settings)
+        app = create_app(
+            settings, upstream, prepare=middleware.prepare, on_reply=middleware.on_reply
+        )
         server = BridgeServer(app, "127.0.0.1", 0)
         server.start()
-        bridge = RunningBridge(f"http://127.0.0.1:{server.port}", settings.secret, server, upstream)
+        url = f"http://127.0.0.1:{server.port}"
+        bridge = RunningBridge(url, settings.secret, server, upstream, middleware)
         running.append(bridge)
         return bridge
 
@@ -165,6 +166,7 @@ def start_bridge(tmp_path: Path, fake: FakeSambaNova) -> Iterator[BridgeFactory]
     for bridge in running:
         bridge.server.stop(grace=0.5)
         bridge.upstream.close()
+        bridge.middleware.close()
 
 
 @pytest.fixture

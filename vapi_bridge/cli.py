@@ -167,6 +167,10 @@ def serve(
         list[str] | None,
         typer.Option(help="Middleware hook module:function. Repeatable."),
     ] = None,
+    reply_hook: Annotated[
+        list[str] | None,
+        typer.Option(help="Hook module:function called with each finished reply. Repeatable."),
+    ] = None,
     transcript_dir: Annotated[
         Path | None, typer.Option(help="Write one JSON Lines transcript per Vapi call here.")
     ] = None,
@@ -211,6 +215,7 @@ def serve(
         "system_prompt_file": system_prompt_file,
         "system_prompt_mode": system_prompt_mode,
         "hooks": tuple(hook or ()),
+        "reply_hooks": tuple(reply_hook or ()),
         "transcript_dir": transcript_dir,
     }
     settings = resolve(flags, env, stored)

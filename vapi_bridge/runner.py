@@ -34,13 +34,14 @@ def serve(settings: Settings, console: Console) -> None:
     from vapi_bridge.app import create_app
     from vapi_bridge.middleware import build_middleware
 
+    middleware = build_middleware(settings)
     upstream = _upstream(settings)
-    prepare, on_reply = build_middleware(settings)
-    app = create_app(settings, upstream, prepare=prepare, on_reply=on_reply)
+    app = create_app(settings, upstream, prepare=middleware.prepare, on_reply=middleware.on_reply)
     try:
         bridge = server.BridgeServer(app, settings.host, settings.port)
     except OSError as exc:
         upstream.close()
+        middleware.close()
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
             hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
@@ -67,6 +68,7 @@ def serve(settings: Settings, console: Console) -> None:
                 tunnel.close()
             state.remove(settings.home)
             upstream.close()
+            middleware.close()
     console.print("[dim]vapi-bridge stopped.[/]")
 
 

@@ -75,6 +75,7 @@ class Settings:
     system_prompt_file: Path | None = None
     system_prompt_mode: str = "replace"
     hooks: tuple[str, ...] = ()
+    reply_hooks: tuple[str, ...] = ()
     transcript_dir: Path | None = None
 
 

@@ -1,0 +1,30 @@
+"""Example vapi-bridge hooks.
+
+Run from this folder:
+
+    vapi-bridge serve --hook hooks_example:add_date --reply-hook hooks_example:print_latency
+
+``add_date`` tells the model today's date (models do not know it), so "book me for next
+Tuesday" resolves to a real day. ``print_latency`` runs after each reply, off the call's path.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from vapi_bridge.hooks import HookReply, HookRequest
+
+
+def add_date(request: HookRequest) -> HookRequest:
+    today = datetime.date.today().strftime("%A %d %B %Y")
+    note = f"Today is {today}."
+    messages = request.messages
+    if messages and messages[0].get("role") == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{note}"
+    else:
+        messages.insert(0, {"role": "system", "content": note})
+    return request
+
+
+def print_latency(reply: HookReply) -> None:
+    print(f"call {reply.call_id}: first token {reply.ttft_ms} ms, {len(reply.text)} chars")
