@@ -125,11 +125,15 @@ class RunningBridge:
         key = self.secret if secret == "default" else secret
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def post(self, body: Any, path: str = "/chat/completions", **kwargs: Any) -> httpx.Response:
+    def post(
+        self, body: Any, path: str = "/chat/completions", timeout: float = 10, **kwargs: Any
+    ) -> httpx.Response:
         headers = {**self.headers(), **kwargs.pop("headers", {})}
         if isinstance(body, bytes | str):
-            return httpx.post(self.url + path, content=body, headers=headers, timeout=10, **kwargs)
-        return httpx.post(self.url + path, json=body, headers=headers, timeout=10, **kwargs)
+            kwargs["content"] = body
+        else:
+            kwargs["json"] = body
+        return httpx.post(self.url + path, headers=headers, timeout=timeout, **kwargs)
 
 
 BridgeFactory = Callable[..., RunningBridge]

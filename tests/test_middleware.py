@@ -127,15 +127,13 @@ def test_failing_hook_answers_vapi_fast_and_server_keeps_serving(
     start_bridge: BridgeFactory, fake: FakeSambaNova, hook_module: str, logs: LogCapture
 ) -> None:
     bridge = start_bridge(hooks=(f"{hook_module}:broken",))
-    started = time.perf_counter()
-    response = bridge.post(vapi_request())
-    elapsed = time.perf_counter() - started
-    assert response.status_code == 500 and elapsed < 1.0
+    response = bridge.post(vapi_request(), timeout=1.0)  # an answer, not a hang
+    assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "hook_failed" and "ValueError" in error["message"]
     assert "hook bug" not in error["message"]
     assert not fake.requests
-    assert "Traceback" in logs.wait_for(lambda line: "request hook" in line)
+    logs.wait_for(lambda line: "request hook" in line and "ValueError: hook bug" in line)
     assert bridge.post(vapi_request()).status_code == 500, "still serving"
 
 

@@ -248,7 +248,7 @@ def create_app(
     def bridge_error(exc: BridgeError) -> Response:
         record: RequestRecord | None = g.get("record")
         if record is not None:
-            record.error = exc.code
+            record.error = f"{exc.code}: {exc.message}"
         response = Response(json.dumps(exc.body()), status=exc.status, mimetype="application/json")
         if exc.retry_after:
             response.headers["Retry-After"] = exc.retry_after

@@ -146,6 +146,9 @@ def serve(
     tunnel_timeout: Annotated[
         float, typer.Option(min=0.5, max=300, help="Seconds to wait for the ngrok agent.")
     ] = DEFAULT_TUNNEL_TIMEOUT,
+    shutdown_grace: Annotated[
+        float, typer.Option(min=0, max=600, help="Seconds live replies get to finish on stop.")
+    ] = 5.0,
     upstream_timeout: Annotated[
         float,
         typer.Option(min=0.5, max=120, help="Seconds to wait for SambaNova's first token."),
@@ -207,6 +210,7 @@ def serve(
         "ngrok_path": ngrok_path,
         "domain": domain,
         "tunnel_timeout": tunnel_timeout,
+        "shutdown_grace": shutdown_grace,
         "upstream_timeout": upstream_timeout,
         "max_body": max_body,
         "log_format": log_format,

@@ -19,6 +19,11 @@ from vapi_bridge.errors import UpstreamStreamBroken
 class InBandError(UpstreamStreamBroken):
     """SambaNova sent ``data: {"error": ...}`` instead of a chunk."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message, hint="Retry; SambaNova reported the error itself.", code="upstream_error"
+        )
+
 
 @dataclass
 class StreamNormaliser:

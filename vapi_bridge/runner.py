@@ -60,7 +60,7 @@ def serve(settings: Settings, console: Console) -> None:
             _announce(settings, bridge.port, tunnel, tunnel_error, console)
             server.wait(stop)
             console.print("[dim]Stopping: finishing live replies...[/]")
-            cut = bridge.stop()
+            cut = bridge.stop(settings.shutdown_grace)
             if cut:
                 console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
         finally:

@@ -67,6 +67,7 @@ class Settings:
     ngrok_authtoken: str | None = field(default=None, repr=False)
     domain: str | None = None
     tunnel_timeout: float = DEFAULT_TUNNEL_TIMEOUT
+    shutdown_grace: float = 5.0
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     log_format: str = "text"

@@ -10,6 +10,7 @@ instead of being validated into a model and serialised again.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,11 +19,12 @@ import httpx
 
 from vapi_bridge.errors import UpstreamError, UpstreamStreamBroken, upstream_status_message
 from vapi_bridge.normalise import InBandError
+from vapi_bridge.settings import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
     from sambanova import APIStatusError, SambaNova
 
-DEFAULT_BASE_URL = "https://api.sambanova.ai/v1"
+log = logging.getLogger("vapi_bridge")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -194,7 +196,6 @@ class SSEStream:
         self._context = context
         self._response = response
         self._stall_timeout = stall_timeout
-        self.skipped_lines = 0
 
     def __iter__(self) -> Iterator[Any]:
         event = ""
@@ -213,7 +214,7 @@ class SSEStream:
                     try:
                         parsed = json.loads(payload)
                     except ValueError:
-                        self.skipped_lines += 1
+                        log.warning("SambaNova sent a data line that is not JSON; skipped it")
                         continue
                     if event == "error":
                         raise InBandError(

@@ -75,6 +75,11 @@ def tool_chunks(with_index: bool = True) -> list[Any]:
     ]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that reset or hang up are part of the tests, not errors to print."""
+
+
 @dataclass
 class Script:
     """One scripted answer. ``kind``: stream, status, json, reset, hang."""
@@ -107,7 +112,7 @@ class FakeSambaNova:
         self.open_streams = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -163,7 +168,15 @@ class FakeSambaNova:
 
             def do_GET(self) -> None:
                 key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                if self.path.rstrip("/") != "/v1/models":
+                if self.path == "/stats":
+                    with fake._lock:
+                        stats = {
+                            "open_streams": fake.open_streams,
+                            "abandoned": fake.abandoned,
+                            "requests": len(fake.requests),
+                        }
+                    self._json(200, stats)
+                elif self.path.rstrip("/") != "/v1/models":
                     self._json(404, {"error": {"message": "not found", "code": "not_found"}})
                 elif key == "no-card-key":
                     self._json(

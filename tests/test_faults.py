@@ -1,0 +1,151 @@
+"""Every upstream fault SambaNova (or the network) can produce, and what Vapi then receives.
+
+Each row: what the fake upstream does; the status (and error code) Vapi gets, or, when the
+200 was already sent, the text Vapi heard before the stream ended cleanly; and what the
+bridge's log line says. docs/faults.md is this table in prose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import BridgeFactory, LogCapture, sse_events, vapi_request
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
+from tests.process import closed_port
+from vapi_bridge.upstream import SambaNovaUpstream
+
+FULL = "Sure! Let me check Tuesday for you."
+
+
+@dataclass
+class Fault:
+    name: str
+    status: int
+    code: str | None = None
+    heard: str | None = None
+    log: str = ""
+    model: str = "Meta-Llama-3.3-70B-Instruct"
+    scripts: list[Script] = field(default_factory=list)
+
+
+def status_fault(upstream: int, status: int, code: str) -> Fault:
+    return Fault(f"HTTP {upstream}", status, code, log=f'error="{code}:', model=f"fail-{upstream}")
+
+
+ERROR_FRAME = 'data: {"error": {"message": "queue is full", "code": "queue_full"}}'
+
+FAULTS = [
+    status_fault(400, 400, "upstream_bad_request"),
+    status_fault(401, 502, "upstream_authentication_failed"),
+    status_fault(402, 502, "upstream_payment_required"),
+    status_fault(403, 403, "upstream_permission_denied"),
+    status_fault(404, 404, "model_not_found"),
+    status_fault(408, 504, "upstream_timeout"),
+    status_fault(410, 404, "model_not_found"),
+    status_fault(422, 400, "upstream_bad_request"),
+    status_fault(429, 429, "rate_limit_exceeded"),
+    status_fault(500, 502, "upstream_server_error"),
+    status_fault(502, 502, "upstream_server_error"),
+    status_fault(503, 503, "upstream_overloaded"),
+    status_fault(504, 504, "upstream_timeout"),
+    Fault(
+        "reset before headers",
+        502,
+        "upstream_unreachable",
+        log="Could not reach SambaNova",
+        scripts=[Script(kind="reset")] * 3,
+    ),
+    Fault(
+        "headers never come",
+        504,
+        "upstream_timeout",
+        log="did not start answering",
+        scripts=[Script(kind="hang")],
+    ),
+    Fault(
+        "error frame before any chunk",
+        502,
+        "upstream_error",
+        log="queue is full",
+        scripts=[Script(chunks=[ERROR_FRAME])],
+    ),
+    Fault(
+        "reset mid-stream", 200, heard="Sure! Let me check", log="dropped mid-stream", model="drop"
+    ),
+    Fault(
+        "stall between tokens",
+        200,
+        heard="Sure",
+        log="stalled",
+        scripts=[Script(chunks=text_chunks()[:1], end="stall")],
+    ),
+    Fault(
+        "in-band error frame mid-stream",
+        200,
+        heard="Sure! Let me check",
+        log="queue is full",
+        scripts=[Script(chunks=[*text_chunks()[:2], ERROR_FRAME])],
+    ),
+    Fault(
+        "non-JSON data line",
+        200,
+        heard=FULL,
+        log="not JSON",
+        scripts=[Script(chunks=[*text_chunks()[:1], "data: {oops", *text_chunks()[1:]])],
+    ),
+    Fault(
+        "choices: null",
+        200,
+        heard=FULL,
+        log=" 200 ",
+        scripts=[Script(chunks=[{**chunk({}), "choices": None}, *text_chunks()])],
+    ),
+    Fault(
+        "stream ends without [DONE] or finish",
+        200,
+        heard="Sure! Let me check",
+        log=" 200 ",
+        scripts=[Script(chunks=text_chunks()[:2], end="eof")],
+    ),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.name)
+def test_upstream_fault(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture, fault: Fault
+) -> None:
+    bridge = start_bridge(upstream_timeout=0.5)
+    fake.push(*fault.scripts)
+    response = bridge.post({**vapi_request(), "model": fault.model})
+    assert response.status_code == fault.status
+    if fault.status != 200:
+        error = response.json()["error"]
+        assert error["code"] == fault.code
+        assert error["message"] and error["type"] == "upstream_error"
+    else:
+        events = sse_events(response)
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        assert all(isinstance(c["choices"], list) for c in chunks)
+        heard = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        assert heard == fault.heard
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "tool_calls")
+    logs.wait_for(lambda line: fault.log in line)
+    assert bridge.post(vapi_request()).status_code == 200, "the bridge keeps serving"
+
+
+def test_connection_refused(start_bridge: BridgeFactory, logs: LogCapture) -> None:
+    upstream = SambaNovaUpstream(
+        api_key="k", base_url=f"http://127.0.0.1:{closed_port()}/v1", first_token_timeout=0.5
+    )
+    response = start_bridge(upstream=upstream).post(vapi_request())
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (
+        error["code"] == "upstream_unreachable" and "Could not reach SambaNova" in error["message"]
+    )
+    logs.wait_for(lambda line: "upstream_unreachable: Could not reach" in line)
