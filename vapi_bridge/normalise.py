@@ -50,7 +50,7 @@ class StreamNormaliser:
         if not isinstance(chunk, dict):
             raise UpstreamStreamBroken("SambaNova sent a stream event that is not a JSON object.")
         if chunk.get("error") is not None:
-            raise InBandError(f"SambaNova reported an error mid-stream: {_error_text(chunk)}")
+            raise InBandError(f"SambaNova reported an error in its stream: {_error_text(chunk)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage

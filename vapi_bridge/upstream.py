@@ -218,7 +218,7 @@ class SSEStream:
                         continue
                     if event == "error":
                         raise InBandError(
-                            f"SambaNova reported an error mid-stream: {payload[:300]}"
+                            f"SambaNova reported an error in its stream: {payload[:300]}"
                         )
                     event = ""
                     yield parsed
