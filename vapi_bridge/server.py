@@ -30,7 +30,15 @@ class BridgeServer:
     """A bound, threaded HTTP server for the bridge app."""
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class NoDelayHandler(WSGIRequestHandler):
+            """Send each small write (an SSE chunk) at once: no Nagle wait for a delayed ACK."""
+
+            def setup(self) -> None:
+                super().setup()
+                with contextlib.suppress(OSError):
+                    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         # werkzeug's per-request access log would duplicate the bridge's own request log.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -40,7 +48,9 @@ class BridgeServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=128)
         try:
-            self._server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+            self._server = make_server(
+                host, port, app, threaded=True, request_handler=NoDelayHandler, fd=listener.fileno()
+            )
         finally:
             listener.close()
         self._thread = threading.Thread(

@@ -166,6 +166,10 @@ class FakeSambaNova:
             def log_message(self, format: str, *args: Any) -> None:
                 """Silence the default access log."""
 
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_GET(self) -> None:
                 key = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if self.path == "/stats":
