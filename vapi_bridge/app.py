@@ -98,7 +98,7 @@ def create_app(
 
     def read_json() -> Any:
         try:
-            return json.loads(request.get_data(cache=False))
+            return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
         except (ValueError, RecursionError):
             raise InvalidRequest(
                 "The request body is not valid JSON.",
@@ -264,6 +264,11 @@ def create_app(
         return bridge_error(BridgeError("The bridge failed unexpectedly; see its log."))
 
     return app
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; forwarding them would send SambaNova an invalid body."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _first_frame(chunks: Iterator[Any], normaliser: StreamNormaliser) -> bytes | None:
