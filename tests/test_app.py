@@ -227,6 +227,7 @@ def test_client_hangup_closes_upstream_stream(
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     assert fake.abandoned_event.wait(5), "upstream stream was not closed after the client left"
+    assert fake.wait_no_open_streams(5)
     logs.wait_for(lambda line: "outcome=client_closed" in line)
 
 

@@ -112,6 +112,7 @@ class FakeSambaNova:
         self.open_streams = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self._streams_changed = threading.Condition(self._lock)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -144,6 +145,11 @@ class FakeSambaNova:
         self.abandoned = 0
         self.abandoned_event.clear()
         self.release.clear()
+
+    def wait_no_open_streams(self, timeout: float = 5.0) -> bool:
+        """True once every stream the fake was sending has ended (finished or abandoned)."""
+        with self._lock:
+            return self._streams_changed.wait_for(lambda: self.open_streams == 0, timeout)
 
     @property
     def last(self) -> Received:
@@ -280,6 +286,7 @@ class FakeSambaNova:
                 finally:
                     with fake._lock:
                         fake.open_streams -= 1
+                        fake._streams_changed.notify_all()
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

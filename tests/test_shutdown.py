@@ -1,0 +1,87 @@
+"""SIGTERM with streams in flight: every stream ends cleanly, the process exits, no agent left."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SECRET, vapi_request
+from tests.fakes.sambanova import FakeSambaNova
+from tests.process import Serve, process_alive, write_fake_agent
+
+
+@dataclass
+class Listener:
+    url: str
+    started: threading.Event = field(default_factory=threading.Event)
+    lines: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                self.url + "/chat/completions",
+                json={**vapi_request(), "model": "long"},
+                headers={"Authorization": f"Bearer {SECRET}"},
+                timeout=20,
+            ) as response:
+                for line in response.iter_lines():
+                    if line:
+                        self.lines.append(line)
+                        self.started.set()
+        except httpx.HTTPError as exc:
+            self.error = exc.__class__.__name__
+        finally:
+            self.started.set()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_under_load_ends_every_stream_cleanly(
+    fake: FakeSambaNova, tmp_path: Path, isolated_env: Path, sig: str
+) -> None:
+    agent = write_fake_agent(tmp_path)
+    pidfile = tmp_path / "pids"
+    env = {
+        "SAMBANOVA_API_KEY": "test-key",
+        "SAMBANOVA_BASE_URL": fake.base_url,
+        "NGROK_AUTHTOKEN": "2fakeTokenForTests_abcdefghijklmnop",
+        "FAKE_NGROK_PIDFILE": str(pidfile),
+    }
+    with Serve(
+        "--port",
+        "0",
+        "--secret",
+        SECRET,
+        "--ngrok-path",
+        str(agent),
+        "--shutdown-grace",
+        "0.5",
+        env=env,
+    ) as serve:
+        public = serve.stdout_line()
+        local = json.loads((isolated_env / "state.json").read_text())["local_url"]
+        listeners = [Listener(public) for _ in range(3)] + [Listener(local) for _ in range(3)]
+        threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
+        for thread in threads:
+            thread.start()
+        for listener in listeners:
+            assert listener.started.wait(10) and listener.lines, listener.error
+        assert serve.stop(sig, timeout=15) == 0
+        for thread in threads:
+            thread.join(10)
+    for listener in listeners:
+        assert listener.error is None, listener.error
+        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
+        chunks = [json.loads(line[6:]) for line in listener.lines[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
+    assert serve.stderr.count("outcome=shutdown") == 6
+    assert not any(process_alive(int(pid)) for pid in pidfile.read_text().split())
+    assert fake.wait_no_open_streams(5), "an upstream stream outlived the bridge"
+    assert fake.abandoned >= 6
