@@ -340,3 +340,23 @@ FIXTURE_RESPONSE = json.dumps(
         },
     }
 )
+
+
+def main() -> None:
+    """Run the fake on its own (benchmarks): prints its base URL, serves until killed."""
+    import signal
+    import sys
+
+    fake = FakeSambaNova().start()
+    sys.stdout.write(fake.base_url + "\n")
+    sys.stdout.flush()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()
