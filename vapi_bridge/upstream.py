@@ -84,7 +84,7 @@ class SambaNovaUpstream:
         deadline = time.monotonic() + self.first_token_timeout
         for attempt in range(self.max_retries + 1):
             timeout = self._timeout(deadline - time.monotonic())
-            context = create(**params, timeout=timeout)
+            context = create(**_sdk_args(params), timeout=timeout)
             try:
                 response = context.__enter__()
             except Exception as exc:
@@ -102,7 +102,7 @@ class SambaNovaUpstream:
         for attempt in range(self.max_retries + 1):
             timeout = self._timeout(deadline - time.monotonic())
             try:
-                with create(**params, timeout=timeout) as response:
+                with create(**_sdk_args(params), timeout=timeout) as response:
                     return json.loads(response.read())
             except ValueError:
                 raise UpstreamError(
@@ -167,6 +167,22 @@ class SambaNovaUpstream:
                 hint="Check the network, a proxy or firewall, and --base-url.",
             )
         raise exc
+
+
+def _sdk_args(params: dict[str, Any]) -> dict[str, Any]:
+    """The SDK call for already-validated parameters, without its per-request transform.
+
+    ``create()`` walks ``messages`` and ``tools`` recursively against its typed schema (about
+    0.4 ms for a Vapi request, measured); ``extra_body`` is merged into the JSON body as is, so
+    the bytes sent are identical and that walk only sees an empty list.
+    """
+    rest = {k: v for k, v in params.items() if k not in ("model", "stream")}
+    return {
+        "model": params["model"],
+        "messages": [],
+        "stream": params["stream"],
+        "extra_body": rest,
+    }
 
 
 def _status_error(exc: APIStatusError, model: str) -> UpstreamError:

@@ -307,9 +307,10 @@ def script_for_model(model: str, stream: bool) -> Script:
     if model == "long":
         return Script(chunks=text_chunks(["word "] * 400), gap=0.02)
     if model.startswith("paced-"):
-        # paced-<chunks>-<gap ms>: a fixed-length reply at a fixed rate, for load tests.
-        _, count, gap_ms = model.split("-")
-        return Script(chunks=text_chunks(["tok "] * int(count)), gap=int(gap_ms) / 1000)
+        # paced-<chunks>-<gap ms>[-<ttft ms>]: a fixed reply at a fixed rate, for load tests.
+        count, gap_ms, *ttft_ms = model.split("-")[1:]
+        ttft = int(ttft_ms[0]) / 1000 if ttft_ms else 0.0
+        return Script(chunks=text_chunks(["tok "] * int(count)), gap=int(gap_ms) / 1000, ttft=ttft)
     if model == "drop":
         return Script(chunks=text_chunks()[:2], end="drop")
     if not stream:
