@@ -44,31 +44,6 @@ Reply = dict[str, Any]
 OnReply = Callable[[ChatRequest, Reply], None]
 
 
-class Streams:
-    """Counts live streams so shutdown can let them finish, then tells the rest to end."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self.active = 0
-        self.stopping = threading.Event()
-
-    def enter(self) -> None:
-        with self._lock:
-            self.active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True when every stream ended within ``timeout`` seconds."""
-        with self._lock:
-            return self._idle.wait_for(lambda: self.active == 0, timeout)
-
-
 def create_app(
     settings: Settings,
     upstream: Upstream,
@@ -79,8 +54,9 @@ def create_app(
     """The bridge's WSGI app. ``prepare`` and ``on_reply`` are the middleware seams."""
     app = Flask("vapi_bridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
-    streams = Streams()
-    app.extensions["vapi_bridge.streams"] = streams
+    # Set by the server when shutdown's grace period is over: live streams then end cleanly.
+    stopping = threading.Event()
+    app.extensions["vapi_bridge.stopping"] = stopping
     model_map = dict(settings.model_map)
 
     def authorise() -> None:
@@ -144,7 +120,6 @@ def create_app(
             stream.close()
             raise
         record.first_token()
-        streams.enter()
         g.deferred_log = True
         finished = threading.Event()
 
@@ -157,7 +132,6 @@ def create_app(
             if never_started:
                 record.outcome = "client_closed"
             stream.close()
-            streams.leave()
             record.chunks = normaliser.chunks
             record.usage(normaliser.usage)
             record.emit(settings.log_format)
@@ -188,7 +162,7 @@ def create_app(
                     out = normaliser.feed(raw)
                     if out is not None:
                         yield sse.frame(out)
-                    if streams.stopping.is_set():
+                    if stopping.is_set():
                         record.outcome = "shutdown"
                         break
             except UpstreamStreamBroken as exc:

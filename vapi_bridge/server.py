@@ -19,11 +19,32 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-    from vapi_bridge.app import Streams
-
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
 )
+
+
+class InFlight:
+    """Counts requests being answered, so a stop can wait until each one is fully sent."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self.count = 0
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        with self._idle:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self.count -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self.count == 0, timeout)
 
 
 class BridgeServer:
@@ -33,7 +54,22 @@ class BridgeServer:
         from werkzeug.serving import WSGIRequestHandler, make_server
 
         class NoDelayHandler(WSGIRequestHandler):
-            """Send each small write (an SSE chunk) at once: no Nagle wait for a delayed ACK."""
+            """One send per SSE chunk, sent at once.
+
+            werkzeug writes a chunk as four pieces (size, CRLF, data, CRLF) and flushes after
+            each chunk; a buffered writer turns that into one send instead of four, and
+            TCP_NODELAY stops Nagle from holding the send for the client's delayed ACK.
+            """
+
+            wbufsize = 64 * 1024
+
+            def run_wsgi(self) -> None:
+                with inflight.request():
+                    try:
+                        super().run_wsgi()
+                    finally:
+                        with contextlib.suppress(OSError, ValueError):
+                            self.wfile.flush()
 
             def setup(self) -> None:
                 super().setup()
@@ -42,7 +78,8 @@ class BridgeServer:
 
         # werkzeug's per-request access log would duplicate the bridge's own request log.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._streams: Streams = app.extensions["vapi_bridge.streams"]
+        self._stopping: threading.Event = app.extensions["vapi_bridge.stopping"]
+        inflight = self._inflight = InFlight()
         # Bind here so a busy port raises OSError for the caller to explain; werkzeug would
         # print its own message and exit the process.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -69,17 +106,17 @@ class BridgeServer:
         self._thread.start()
 
     def stop(self, grace: float = 5.0) -> int:
-        """Stop accepting, let live streams finish for ``grace`` s, then end the rest cleanly.
+        """Stop accepting, let live requests finish for ``grace`` s, then end the rest cleanly.
 
-        Returns how many streams had to be cut short.
+        Returns how many requests had to be cut short.
         """
         self._server.shutdown()
         self._server.server_close()
-        if self._streams.wait_idle(grace):
+        if self._inflight.wait_idle(grace):
             return 0
-        cut = self._streams.active
-        self._streams.stopping.set()
-        self._streams.wait_idle(2.0)
+        cut = self._inflight.count
+        self._stopping.set()
+        self._inflight.wait_idle(2.0)
         return cut
 
 
