@@ -33,6 +33,7 @@ from bench._harness import SECRET, start_bridge, start_fake, stop
 MODEL = "paced-40-20-50"
 CHUNKS, GAP_S, TTFT_S = 40, 0.020, 0.050
 STREAMS_PER_LEVEL = {1: 30, 10: 60, 50: 150, 100: 200}
+LITELLM_KEY = "sk-bench-0123456789abcdef"  # LiteLLM refuses to start without a master key
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -169,6 +170,8 @@ def start_litellm(command: str, fake_url: str) -> tuple[subprocess.Popen[bytes],
         f"      model: openai/{MODEL}\n"
         f"      api_base: {fake_url}\n"
         "      api_key: test-key\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
     )
     proc = subprocess.Popen(
         [command, "--config", str(config), "--port", str(port), "--num_workers", "1"],
@@ -212,7 +215,10 @@ def main() -> None:
     if args.litellm:
         try:
             litellm_proc, litellm_url = start_litellm(args.litellm, fake_url)
-            paths["litellm"] = (litellm_url + "/chat/completions", {})
+            paths["litellm"] = (
+                litellm_url + "/chat/completions",
+                {"Authorization": f"Bearer {LITELLM_KEY}"},
+            )
         except (RuntimeError, OSError) as exc:
             note = f"LiteLLM skipped: {exc}"
     else:
