@@ -104,7 +104,12 @@ def proc_stats(pid: int, upstream_port: int | None = None) -> ProcStats:
                 rss = round(int(line.split()[1]) / 1024, 1)
             elif line.startswith("Threads:"):
                 threads = int(line.split()[1])
-        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        links = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:  # closed between listing and reading
+                continue
         fds = len(links)
         if upstream_port is not None:
             upstream = _socket_inodes_to(upstream_port)

@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="RSS is reported after each")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
@@ -197,11 +198,17 @@ def main() -> None:
         before = proc_stats(bridge.pid, port)
         tally = Tally()
         started = time.monotonic()
-        peak = run_load(clients, url, args.duration, tally, args.seed, bridge.pid, port)
+        peak = before
+        after_rounds = []
+        for round_number in range(args.rounds):
+            seed = args.seed + 1000 * round_number
+            top = run_load(clients, url, args.duration / args.rounds, tally, seed, bridge.pid, port)
+            peak = top if (top.rss_mb or 0) > (peak.rss_mb or 0) else peak
+            left_open = upstream_open_streams(fake_url)
+            time.sleep(1)  # let the bridge's per-connection threads finish closing
+            after_rounds.append(proc_stats(bridge.pid, port))
         elapsed = time.monotonic() - started
-        left_open = upstream_open_streams(fake_url)
-        time.sleep(1)  # let the bridge's per-connection threads finish closing
-        after = proc_stats(bridge.pid, port)
+        after = after_rounds[-1]
     finally:
         for client in clients:
             client.close()
@@ -223,6 +230,8 @@ def main() -> None:
     print(f"  bridge at start               {before}")
     print(f"  bridge at peak RSS            {peak}")
     print(f"  bridge at end                 {after}")
+    rss = ", ".join(f"{s.rss_mb} MB" for s in after_rounds)
+    print(f"  RSS after each round          {rss}  (a plateau is the allocator's high-water mark)")
     grew = [
         name
         for name, a, b in (
