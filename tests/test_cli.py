@@ -194,3 +194,27 @@ def test_corrupt_config_is_a_clear_error(isolated_env: Path) -> None:
     (isolated_env / "config.json").write_text("{oops")
     result = run_cli("serve", "--demo", "--no-tunnel")
     assert "Cannot read the stored config" in assert_clean_failure(result, code=2)
+
+
+def test_barge_in_prints_no_traceback(fake: FakeSambaNova) -> None:
+    """A caller interrupting is normal life: one log line, nothing alarming on the terminal."""
+    env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
+    with Serve("--no-tunnel", "--port", "0", "--secret", SECRET, env=env) as serve:
+        url = serve.stdout_line()
+        for _ in range(5):
+            with httpx.stream(
+                "POST",
+                url + "/chat/completions",
+                json={
+                    "model": "long",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+                headers={"Authorization": f"Bearer {SECRET}"},
+            ) as response:
+                next(response.iter_lines())
+        assert fake.wait_no_open_streams(10)
+        serve.wait_stderr(lambda line: line.count("outcome=client_closed") == 1)
+        assert serve.stop() == 0
+    assert serve.stderr.count("outcome=client_closed") == 5
+    assert "Traceback" not in serve.stderr and "Exception occurred" not in serve.stderr

@@ -63,6 +63,14 @@ class BridgeServer:
 
             wbufsize = 64 * 1024
 
+            def finish(self) -> None:
+                # A client that left (barge-in) leaves bytes in the buffer; closing it then
+                # fails. That is the normal end of the connection: release the reader too.
+                try:
+                    super().finish()
+                except OSError:
+                    self.rfile.close()
+
             def run_wsgi(self) -> None:
                 with inflight.request():
                     try:
