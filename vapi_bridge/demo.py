@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from vapi_bridge.translate import message_text
+
 DEMO_MODEL = "vapi-bridge-demo"
 
 
@@ -103,7 +105,7 @@ def _answer(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     if last.get("role") == "tool":
         result = str(last.get("content") or "")[:120]
         return f"Thanks, the tool answered: {result}. Anything else?", None
-    said = _text(last.get("content"))
+    said = message_text(last.get("content"))
     for tool in params.get("tools") or []:
         function = tool["function"]
         if _mentions(said, function["name"]):
@@ -126,14 +128,6 @@ def _answer(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     )
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def _mentions(said: str, tool_name: str) -> bool:
     """True when every word of the tool's name (snake_case or camelCase) is in ``said``."""
     words = re.findall(r"[A-Z]?[a-z]+|[0-9]+", tool_name)
@@ -142,7 +136,7 @@ def _mentions(said: str, tool_name: str) -> bool:
 
 
 def _usage(params: dict[str, Any], text: str) -> dict[str, int]:
-    prompt = sum(len(_text(m.get("content")).split()) for m in params["messages"])
+    prompt = sum(len(message_text(m.get("content")).split()) for m in params["messages"])
     completion = len(text.split())
     return {
         "prompt_tokens": prompt,

@@ -17,6 +17,7 @@ from typing import Any
 
 from vapi_bridge.hooks import HookReply
 from vapi_bridge.keystore import ensure_private_dir
+from vapi_bridge.translate import message_text
 
 _PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -43,14 +44,6 @@ def mask_phones(text: str) -> str:
     return _PHONE.sub(mask, text)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def new_turn(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """What arrived since the assistant last spoke: the caller's words and tool results."""
     turn: list[dict[str, str]] = []
@@ -59,7 +52,10 @@ def new_turn(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             break
         if message.get("role") in ("user", "tool"):
             turn.append(
-                {"role": message["role"], "content": mask_phones(_text(message.get("content")))}
+                {
+                    "role": message["role"],
+                    "content": mask_phones(message_text(message.get("content"))),
+                }
             )
     return list(reversed(turn))
 

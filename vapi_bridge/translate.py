@@ -117,6 +117,15 @@ def translate(
     )
 
 
+def message_text(content: Any) -> str:
+    """The plain text of a message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
 def _require(ok: bool, param: str, what: str) -> None:
     if not ok:
         raise InvalidRequest(f"`{param}` {what}.", code="invalid_parameter")
