@@ -105,3 +105,20 @@ def test_no_auth_with_a_tunnel_warns_about_the_public_internet(tmp_path: Path) -
         serve.wait_stderr(lambda line: "on the public internet" in line)
         assert "none: auth is off" in serve.stderr
         assert serve.stop() == 0
+
+
+def test_log_injection_through_the_path_is_neutralised(
+    bridge: RunningBridge, logs: LogCapture
+) -> None:
+    httpx.post(bridge.url + "/x%0a12:00:00%20POST%20/chat/completions%20200%20forged")
+    line = logs.wait_for(lambda line: " 404 " in line)
+    assert "\n" not in line and "/x?12:00:00?POST" in line
+
+
+@pytest.mark.parametrize("secret", ["", "   ", "short"])
+def test_weak_secret_is_refused_at_start(secret: str) -> None:
+    from tests.process import run_cli
+
+    result = run_cli("serve", "--demo", "--no-tunnel", "--secret", secret)
+    assert result.returncode == 2 and "at least 16 characters" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -30,7 +30,7 @@ from vapi_bridge.errors import (
     UpstreamStreamBroken,
 )
 from vapi_bridge.normalise import StreamNormaliser, normalise_completion
-from vapi_bridge.reqlog import RequestRecord, safe_id
+from vapi_bridge.reqlog import RequestRecord, safe_id, safe_path
 from vapi_bridge.settings import Settings
 from vapi_bridge.translate import ChatRequest, translate
 from vapi_bridge.upstream import Upstream
@@ -203,7 +203,7 @@ def create_app(
 
     @app.before_request
     def start_record() -> None:
-        g.record = RequestRecord(method=request.method, path=request.path[:200])
+        g.record = RequestRecord(method=request.method, path=safe_path(request.path))
         g.deferred_log = False
 
     @app.after_request
@@ -258,11 +258,11 @@ def _from_http(exc: HTTPException) -> BridgeError:
     code = exc.code or 500
     if code == 404:
         return NotFound(
-            f"No route {request.method} {request.path[:100]}.",
+            f"No route {request.method} {safe_path(request.path)}.",
             hint="POST to <bridge URL>/chat/completions.",
         )
     if code == 405:
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.path[:100]}.")
+        return MethodNotAllowed(f"{request.method} is not allowed on {safe_path(request.path)}.")
     if code == 413:
         return PayloadTooLarge(
             "The request body is too large.",

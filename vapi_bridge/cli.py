@@ -194,6 +194,12 @@ def serve(
         raise ConfigError(
             "--system-prompt and --system-prompt-file both given.", hint="Use one of them."
         )
+    if secret is not None and len(secret.strip()) < 16:
+        raise ConfigError(
+            "--secret must be at least 16 characters: the bridge key guards your SambaNova "
+            "quota behind a public URL.",
+            hint="Leave it out to use the stored random key, or pass a longer one.",
+        )
     env = dict(os.environ)
     home = home_dir(env)
     stored = _stored(home)

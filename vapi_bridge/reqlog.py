@@ -23,6 +23,14 @@ def safe_id(value: str | None) -> str | None:
     return _SAFE_ID.sub("", value)[:64] or None if value else None
 
 
+def safe_path(path: str) -> str:
+    """The request path with anything unprintable replaced: it is decoded client input."""
+    return _UNPRINTABLE.sub("?", path)[:200]
+
+
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
 @dataclass
 class RequestRecord:
     method: str
