@@ -146,3 +146,21 @@ def test_no_agent_and_no_network_still_serves_locally(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         assert serve.stop() == 0
     assert serve.out.empty(), "stdout carries only the URL, and there is none"
+
+
+def test_pyngrok_wrapper_on_path_is_not_taken_for_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vapi_bridge.tunnel import find_agent
+
+    wrappers, real = tmp_path / "wrappers", tmp_path / "real"
+    wrappers.mkdir()
+    real.mkdir()
+    wrapper = wrappers / "ngrok"
+    wrapper.write_text("#!/usr/bin/python3\nfrom pyngrok.ngrok import main\nmain()\n")
+    wrapper.chmod(0o755)
+    agent = write_fake_agent(real)
+    monkeypatch.setenv("PATH", str(wrappers))
+    assert find_agent(None) is None
+    monkeypatch.setenv("PATH", f"{wrappers}{os.pathsep}{real}")
+    assert find_agent(None) == str(agent)

@@ -74,19 +74,26 @@ def find_agent(explicit: str | None) -> str | None:
                 hint="Fix --ngrok-path / PYNGROK_NGROK_PATH, or unset it to use ngrok from PATH.",
             )
         return str(path)
-    found = shutil.which("ngrok")
-    if found and not _is_python_wrapper(Path(found)):
-        return found
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("ngrok", path=folder) if folder else None
+        if found and not _is_python_wrapper(Path(found)):
+            return found
     return None
 
 
 def _is_python_wrapper(path: Path) -> bool:
+    """pyngrok's own ``ngrok`` console script: beside this Python, or a script importing pyngrok.
+
+    On Windows that script is a launcher ``.exe``, so its folder is the telling sign.
+    """
+    if path.resolve().parent == Path(sys.executable).resolve().parent:
+        return True
     try:
         with path.open("rb") as handle:
-            head = handle.read(512)
+            head = handle.read(1024)
     except OSError:
         return True
-    return head.startswith(b"#!") and b"python" in head.split(b"\n", 1)[0].lower()
+    return head.startswith(b"#!") and b"pyngrok" in head
 
 
 def stored_ngrok_token() -> str | None:
