@@ -93,7 +93,9 @@ def _is_python_wrapper(path: Path) -> bool:
             head = handle.read(1024)
     except OSError:
         return True
-    return head.startswith(b"#!") and b"pyngrok" in head
+    return (
+        head.startswith(b"#!") and re.search(rb"^\s*(from|import) pyngrok", head, re.M) is not None
+    )
 
 
 def stored_ngrok_token() -> str | None:
