@@ -17,8 +17,6 @@ from typing import Any
 
 from vapi_bridge.translate import message_text
 
-DEMO_MODEL = "vapi-bridge-demo"
-
 
 class DemoStream:
     """A canned stream that stops as soon as it is closed."""

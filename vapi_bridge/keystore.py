@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_NAME = "config.json"
-SECRET_KEYS = ("sambanova_api_key", "ngrok_authtoken", "bridge_secret")
 LABELS = {
     "sambanova_api_key": "SambaNova API key",
     "ngrok_authtoken": "ngrok auth token",
