@@ -180,7 +180,7 @@ def serve(
     log_format: Annotated[str, typer.Option(help="Request log format: text or json.")] = "text",
 ) -> None:
     """Start the bridge, open an ngrok tunnel, and print what to paste into Vapi."""
-    from vapi_bridge import keystore, runner
+    from vapi_bridge import runner
     from vapi_bridge.settings import home_dir, resolve
 
     if log_format not in ("text", "json"):
@@ -228,20 +228,7 @@ def serve(
         "reply_hooks": tuple(reply_hook or ()),
         "transcript_dir": transcript_dir,
     }
-    settings = resolve(flags, env, stored)
-    changes: dict[str, Any] = {}
-    if no_auth:
-        changes["secret"] = None
-    elif settings.secret is None:
-        changes["secret"] = keystore.bridge_secret(home)
-    if settings.tunnel and settings.ngrok_authtoken is None:
-        from vapi_bridge.tunnel import stored_ngrok_token
-
-        changes["ngrok_authtoken"] = stored_ngrok_token()
-    if changes:
-        from dataclasses import replace
-
-        settings = replace(settings, **changes)
+    settings = runner.complete_settings(resolve(flags, env, stored))
     runner.setup_logging(settings.log_format)
     runner.serve(settings, _stderr())
 
@@ -324,12 +311,11 @@ def configure_key(
     ] = None,
 ) -> None:
     """Store the SambaNova key (or the ngrok token) safely, verified first."""
-    from vapi_bridge import configure, keystore
+    from vapi_bridge import configure
     from vapi_bridge.settings import home_dir, pick
 
     env = dict(os.environ)
     home = home_dir(env)
-    stored = _stored(home)
     console = _stderr()
     if show:
         for label, value, source in configure.describe(home, env):
@@ -337,27 +323,16 @@ def configure_key(
         return
     field = "ngrok_authtoken" if ngrok else "sambanova_api_key"
     if remove:
-        keystore.update(home, **{field: None})
-        console.print(f"Removed the stored {keystore.LABELS[field]}.")
+        console.print(configure.remove(home, field))
         return
     if new_bridge_key:
-        secret = keystore.new_secret()
-        keystore.update(home, bridge_secret=secret)
         console.print("New bridge key stored. Update the Custom LLM credential in Vapi:")
-        typer.echo(secret)
+        typer.echo(configure.new_bridge_key(home))
         return
-    what = keystore.LABELS[field]
-    raw = sys.stdin.readline() if stdin else typer.prompt(what, hide_input=True)
-    value = configure.read_secret(raw, what)
-    detail = ""
-    if ngrok:
-        configure.check_ngrok_token(value)
-    elif not no_verify:
-        url = pick("base_url", base_url, env, stored, default=DEFAULT_BASE_URL)
-        count = configure.verify_sambanova_key(value, url)
-        detail = f" (verified: {count} models available)"
-    keystore.update(home, **{field: value})
-    console.print(f"Stored {what} {keystore.mask(value)} in {keystore.config_path(home)}{detail}.")
+    label = configure.label(field)
+    raw = sys.stdin.readline() if stdin else typer.prompt(label, hide_input=True)
+    url = pick("base_url", base_url, env, _stored(home), default=DEFAULT_BASE_URL)
+    console.print(configure.store(home, field, raw, verify=not no_verify, base_url=url))
 
 
 def main() -> None:

@@ -1,4 +1,7 @@
-"""``configure-key``: verify and store keys, show what is configured, remove it."""
+"""``configure-key``: verify and store keys, show what is configured, remove it.
+
+Each function does one user action and returns the sentence to show; the CLI prints it.
+"""
 
 from __future__ import annotations
 
@@ -81,3 +84,31 @@ def describe(home: Path, env: Mapping[str, str]) -> list[tuple[str, str, str]]:
             value, source = stored[stored_key], str(keystore.config_path(home))
         rows.append((keystore.LABELS[stored_key], keystore.mask(value), source))
     return rows
+
+
+def label(field: str) -> str:
+    return keystore.LABELS[field]
+
+
+def store(home: Path, field: str, raw: str, *, verify: bool, base_url: str) -> str:
+    """Check and store a SambaNova key or an ngrok token; nothing is stored on failure."""
+    value = read_secret(raw, label(field))
+    detail = ""
+    if field == "ngrok_authtoken":
+        check_ngrok_token(value)
+    elif verify:
+        detail = f" (verified: {verify_sambanova_key(value, base_url)} models available)"
+    keystore.update(home, **{field: value})
+    return f"Stored {label(field)} {keystore.mask(value)} in {keystore.config_path(home)}{detail}."
+
+
+def remove(home: Path, field: str) -> str:
+    keystore.update(home, **{field: None})
+    return f"Removed the stored {label(field)}."
+
+
+def new_bridge_key(home: Path) -> str:
+    """Replace the bridge key; returns it, since the user must paste it into Vapi."""
+    secret = keystore.new_secret()
+    keystore.update(home, bridge_secret=secret)
+    return secret

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from vapi_bridge import state
+from vapi_bridge import keystore, state
 from vapi_bridge.errors import ConfigError, TunnelError
 
 if TYPE_CHECKING:
@@ -70,6 +71,21 @@ def serve(settings: Settings, console: Console) -> None:
             upstream.close()
             middleware.close()
     console.print("[dim]vapi-bridge stopped.[/]")
+
+
+def complete_settings(settings: Settings) -> Settings:
+    """Fill what only the user's files can give: the stored (or new) bridge key, and the
+    ngrok token from the user's own ngrok config when none was configured for the bridge."""
+    changes: dict[str, Any] = {}
+    if settings.no_auth:
+        changes["secret"] = None
+    elif settings.secret is None:
+        changes["secret"] = keystore.bridge_secret(settings.home)
+    if settings.tunnel and settings.ngrok_authtoken is None:
+        from vapi_bridge.tunnel import stored_ngrok_token
+
+        changes["ngrok_authtoken"] = stored_ngrok_token()
+    return replace(settings, **changes) if changes else settings
 
 
 def _upstream(settings: Settings) -> Upstream:
