@@ -11,8 +11,12 @@ Tuesday" resolves to a real day. ``print_latency`` runs after each reply, off th
 from __future__ import annotations
 
 import datetime
+import logging
 
 from vapi_bridge.hooks import HookReply, HookRequest
+
+# A child of the bridge's logger: lines go to stderr with the request log (stdout is the URL).
+log = logging.getLogger("vapi_bridge.hooks_example")
 
 
 def add_date(request: HookRequest) -> HookRequest:
@@ -27,4 +31,4 @@ def add_date(request: HookRequest) -> HookRequest:
 
 
 def print_latency(reply: HookReply) -> None:
-    print(f"call {reply.call_id}: first token {reply.ttft_ms} ms, {len(reply.text)} chars")
+    log.info("call %s: first token %s ms, %d chars", reply.call_id, reply.ttft_ms, len(reply.text))
