@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sambanova import APIStatusError, SambaNova
 
 log = logging.getLogger("vapi_bridge")
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -77,42 +78,45 @@ class SambaNovaUpstream:
             max_retries=0,
             http_client=http_client,
         )
+        self._create = self._client.chat.completions.with_streaming_response.create
 
     def open_stream(self, params: dict[str, Any]) -> ChunkStream:
         """Start a streamed completion; raises :class:`UpstreamError` before the first byte."""
-        create = self._client.chat.completions.with_streaming_response.create
-        deadline = time.monotonic() + self.first_token_timeout
-        for attempt in range(self.max_retries + 1):
-            timeout = self._timeout(deadline - time.monotonic())
-            context = create(**_sdk_args(params), timeout=timeout)
-            try:
-                response = context.__enter__()
-            except Exception as exc:
-                error = self._map(exc, params)
-                if not self._may_retry(error, attempt, deadline):
-                    raise error from None
-                continue
-            return SSEStream(context, response, self.first_token_timeout)
-        raise AssertionError("unreachable: the last attempt always raises or returns")
+
+        def attempt(timeout: httpx.Timeout) -> ChunkStream:
+            context = self._create(**_sdk_args(params), timeout=timeout)
+            return SSEStream(context, context.__enter__(), self.first_token_timeout)
+
+        return self._attempts(params, attempt)
 
     def complete(self, params: dict[str, Any]) -> Any:
         """A whole (non-streamed) completion as a JSON object."""
-        create = self._client.chat.completions.with_streaming_response.create
-        deadline = time.monotonic() + self.first_token_timeout
-        for attempt in range(self.max_retries + 1):
-            timeout = self._timeout(deadline - time.monotonic())
+
+        def attempt(timeout: httpx.Timeout) -> Any:
+            with self._create(**_sdk_args(params), timeout=timeout) as response:
+                body = response.read()
             try:
-                with create(**_sdk_args(params), timeout=timeout) as response:
-                    return json.loads(response.read())
+                return json.loads(body)
             except ValueError:
                 raise UpstreamError(
                     "SambaNova answered with a body that is not JSON.",
                     hint="Check --base-url: it must be an OpenAI-compatible API.",
                     upstream_status=502,
                 ) from None
+
+        return self._attempts(params, attempt)
+
+    def _attempts(self, params: dict[str, Any], attempt: Callable[[httpx.Timeout], T]) -> T:
+        """Run ``attempt`` until it succeeds, retrying only while the deadline leaves room."""
+        deadline = time.monotonic() + self.first_token_timeout
+        for number in range(self.max_retries + 1):
+            try:
+                return attempt(self._timeout(deadline - time.monotonic()))
+            except UpstreamError:
+                raise
             except Exception as exc:
                 error = self._map(exc, params)
-                if not self._may_retry(error, attempt, deadline):
+                if not self._may_retry(error, number, deadline):
                     raise error from None
         raise AssertionError("unreachable: the last attempt always raises or returns")
 
