@@ -146,6 +146,10 @@ def serve(
     tunnel_timeout: Annotated[
         float, typer.Option(min=0.5, max=300, help="Seconds to wait for the ngrok agent.")
     ] = DEFAULT_TUNNEL_TIMEOUT,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Worker processes (POSIX, gunicorn); 1 = one process."),
+    ] = 1,
     shutdown_grace: Annotated[
         float, typer.Option(min=0, max=600, help="Seconds live replies get to finish on stop.")
     ] = 5.0,
@@ -217,6 +221,7 @@ def serve(
         "domain": domain,
         "tunnel_timeout": tunnel_timeout,
         "shutdown_grace": shutdown_grace,
+        "workers": workers,
         "upstream_timeout": upstream_timeout,
         "max_body": max_body,
         "log_format": log_format,

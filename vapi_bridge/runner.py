@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -22,6 +22,9 @@ from vapi_bridge import keystore, state
 from vapi_bridge.errors import ConfigError, TunnelError
 
 if TYPE_CHECKING:
+    from flask import Flask
+
+    from vapi_bridge.middleware import Middleware
     from vapi_bridge.settings import Settings
     from vapi_bridge.tunnel import Tunnel
     from vapi_bridge.upstream import Upstream
@@ -29,20 +32,45 @@ if TYPE_CHECKING:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(settings: Settings, console: Console) -> None:
-    """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
-    from vapi_bridge import server
+@dataclass
+class Built:
+    """The app and what it holds open, built in the process that serves it."""
+
+    app: Flask
+    upstream: Upstream
+    middleware: Middleware
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.middleware.close()
+
+
+def build_app(settings: Settings) -> Built:
+    """The WSGI app for these settings (in this process, or in each worker process)."""
     from vapi_bridge.app import create_app
     from vapi_bridge.middleware import build_middleware
 
     middleware = build_middleware(settings)
     upstream = _upstream(settings)
     app = create_app(settings, upstream, prepare=middleware.prepare, on_reply=middleware.on_reply)
+    return Built(app, upstream, middleware)
+
+
+def serve(settings: Settings, console: Console) -> None:
+    """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
+    from vapi_bridge import server
+
+    built: Built | None = None
+    bridge: server.Server
     try:
-        bridge = server.BridgeServer(app, settings.host, settings.port)
+        if settings.workers > 1:
+            bridge = server.PreforkServer(settings)
+        else:
+            built = build_app(settings)
+            bridge = server.BridgeServer(built.app, settings.host, settings.port)
     except OSError as exc:
-        upstream.close()
-        middleware.close()
+        if built is not None:
+            built.close()
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
             hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
@@ -68,8 +96,8 @@ def serve(settings: Settings, console: Console) -> None:
             if tunnel is not None:
                 tunnel.close()
             state.remove(settings.home)
-            upstream.close()
-            middleware.close()
+            if built is not None:
+                built.close()
     console.print("[dim]vapi-bridge stopped.[/]")
 
 

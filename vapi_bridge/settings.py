@@ -6,6 +6,8 @@ environment, so tests and users can reason about where a value came from.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ class Settings:
     domain: str | None = None
     tunnel_timeout: float = DEFAULT_TUNNEL_TIMEOUT
     shutdown_grace: float = 5.0
+    workers: int = 1
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     log_format: str = "text"
@@ -78,6 +81,22 @@ class Settings:
     hooks: tuple[str, ...] = ()
     reply_hooks: tuple[str, ...] = ()
     transcript_dir: Path | None = None
+
+
+def to_json(settings: Settings) -> str:
+    """Serialise for the worker processes of ``serve --workers`` (written to a 0600 file)."""
+    return json.dumps(dataclasses.asdict(settings), default=str)
+
+
+def from_json(text: str) -> Settings:
+    data = json.loads(text)
+    for name in ("home", "system_prompt_file", "transcript_dir"):
+        if data.get(name) is not None:
+            data[name] = Path(data[name])
+    data["model_map"] = tuple(tuple(pair) for pair in data["model_map"])
+    data["hooks"] = tuple(data["hooks"])
+    data["reply_hooks"] = tuple(data["reply_hooks"])
+    return Settings(**data)
 
 
 def pick(

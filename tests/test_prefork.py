@@ -1,0 +1,100 @@
+"""``serve --workers N``: gunicorn worker processes behind one port, stopped cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECRET
+from tests.fakes.sambanova import FakeSambaNova
+from tests.process import Serve, run_cli
+from tests.test_shutdown import Listener
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
+
+
+def worker_processes(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (the per-run settings file)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue
+            if marker.encode() in cmdline and "\nState:\tZ" not in status:
+                found.append(int(entry))
+    return found
+
+
+def env_for(fake: FakeSambaNova) -> dict[str, str]:
+    return {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
+
+
+def test_workers_serve_and_stop_with_nothing_left(fake: FakeSambaNova, isolated_env: Path) -> None:
+    with Serve(
+        "--no-tunnel", "--port", "0", "--workers", "2", "--secret", SECRET, env=env_for(fake)
+    ) as serve:
+        serve.stdout_line()
+        serve.wait_stderr(lambda line: "Try it" in line)
+        marker = f"workers-{serve.proc.pid}.json"
+        assert len(worker_processes(marker)) == 3, "a master and two workers"
+        assert not (isolated_env / marker).exists(), "the keys file is gone once read"
+        for _ in range(4):
+            result = run_cli("test", "--json")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["text"] == "Sure! Let me check Tuesday for you."
+        assert serve.stop("SIGTERM") == 0
+    assert worker_processes(marker) == []
+    assert serve.stderr.count("POST /chat/completions 200") == 4
+    assert "Traceback" not in serve.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_workers_end_live_streams_cleanly_on_stop(
+    fake: FakeSambaNova, isolated_env: Path, sig: str
+) -> None:
+    with Serve(
+        "--no-tunnel",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--secret",
+        SECRET,
+        "--shutdown-grace",
+        "0.5",
+        env=env_for(fake),
+    ) as serve:
+        url = serve.stdout_line()
+        listeners = [Listener(url) for _ in range(6)]
+        threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
+        for thread in threads:
+            thread.start()
+        for listener in listeners:
+            assert listener.started.wait(10) and listener.lines, listener.error
+        assert serve.stop(sig, timeout=20) == 0
+        for thread in threads:
+            thread.join(10)
+    for listener in listeners:
+        assert listener.error is None, listener.error
+        assert listener.lines[-1] == "data: [DONE]"
+        assert len(listener.lines) < 400, "cut short by the stop, not finished"
+    assert serve.stderr.count("outcome=shutdown") == 6
+    assert fake.wait_no_open_streams(5)
+    assert worker_processes(f"workers-{serve.proc.pid}.json") == []
+
+
+def test_workers_on_a_busy_port_is_a_clear_error(fake: FakeSambaNova) -> None:
+    with Serve("--demo", "--no-tunnel", "--port", "0") as first:
+        port = first.stdout_line().rsplit(":", 1)[1]
+        result = run_cli(
+            "serve", "--no-tunnel", "--port", port, "--workers", "2", env=env_for(fake)
+        )
+        assert result.returncode == 2 and "Cannot listen" in result.stderr
+        assert "Traceback" not in result.stderr
