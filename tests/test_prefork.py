@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from tests.conftest import SECRET
 from tests.fakes.sambanova import FakeSambaNova
 from tests.process import Serve, run_cli
-from tests.test_shutdown import Listener
+from tests.test_shutdown import assert_ended_cleanly_by_the_stop, stop_during_streams
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
 
@@ -71,20 +70,8 @@ def test_workers_end_live_streams_cleanly_on_stop(
         "0.5",
         env=env_for(fake),
     ) as serve:
-        url = serve.stdout_line()
-        listeners = [Listener(url) for _ in range(6)]
-        threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
-        for thread in threads:
-            thread.start()
-        for listener in listeners:
-            assert listener.started.wait(10) and listener.lines, listener.error
-        assert serve.stop(sig, timeout=20) == 0
-        for thread in threads:
-            thread.join(10)
-    for listener in listeners:
-        assert listener.error is None, listener.error
-        assert listener.lines[-1] == "data: [DONE]"
-        assert len(listener.lines) < 400, "cut short by the stop, not finished"
+        listeners = stop_during_streams(serve, [serve.stdout_line()] * 6, sig)
+    assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
     assert fake.wait_no_open_streams(5)
     assert worker_processes(f"workers-{serve.proc.pid}.json") == []

@@ -41,6 +41,29 @@ class Listener:
             self.started.set()
 
 
+def stop_during_streams(serve: Serve, urls: list[str], sig: str) -> list[Listener]:
+    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them."""
+    listeners = [Listener(url) for url in urls]
+    threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
+    for thread in threads:
+        thread.start()
+    for listener in listeners:
+        assert listener.started.wait(10) and listener.lines, listener.error
+    assert serve.stop(sig, timeout=20) == 0
+    for thread in threads:
+        thread.join(10)
+    return listeners
+
+
+def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        assert listener.error is None, listener.error
+        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
+        chunks = [json.loads(line[6:]) for line in listener.lines[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_under_load_ends_every_stream_cleanly(
     fake: FakeSambaNova, tmp_path: Path, isolated_env: Path, sig: str
@@ -66,21 +89,8 @@ def test_stop_under_load_ends_every_stream_cleanly(
     ) as serve:
         public = serve.stdout_line()
         local = json.loads((isolated_env / "state.json").read_text())["local_url"]
-        listeners = [Listener(public) for _ in range(3)] + [Listener(local) for _ in range(3)]
-        threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
-        for thread in threads:
-            thread.start()
-        for listener in listeners:
-            assert listener.started.wait(10) and listener.lines, listener.error
-        assert serve.stop(sig, timeout=15) == 0
-        for thread in threads:
-            thread.join(10)
-    for listener in listeners:
-        assert listener.error is None, listener.error
-        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
-        chunks = [json.loads(line[6:]) for line in listener.lines[:-1]]
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-        assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
+        listeners = stop_during_streams(serve, [public] * 3 + [local] * 3, sig)
+    assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
     assert not any(process_alive(int(pid)) for pid in pidfile.read_text().split())
     assert fake.wait_no_open_streams(5), "an upstream stream outlived the bridge"
