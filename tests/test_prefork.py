@@ -85,3 +85,15 @@ def test_workers_on_a_busy_port_is_a_clear_error(fake: FakeSambaNova) -> None:
         )
         assert result.returncode == 2 and "Cannot listen" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "No SambaNova API key"), (["--demo", "--hook", "no_such_module_xyz:f"], "Cannot import")],
+)
+def test_workers_report_bad_settings_like_one_process(args: list[str], message: str) -> None:
+    """Settings the workers would fail on are checked where the error can be explained."""
+    result = run_cli("serve", "--no-tunnel", "--port", "0", "--workers", "2", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert worker_processes("vapi_bridge.prefork") == []

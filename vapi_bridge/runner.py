@@ -39,10 +39,13 @@ class Built:
     app: Flask
     upstream: Upstream
     middleware: Middleware
+    closed: bool = False
 
     def close(self) -> None:
-        self.upstream.close()
-        self.middleware.close()
+        if not self.closed:
+            self.closed = True
+            self.upstream.close()
+            self.middleware.close()
 
 
 def build_app(settings: Settings) -> Built:
@@ -60,23 +63,30 @@ def serve(settings: Settings, console: Console) -> None:
     """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
     from vapi_bridge import server
 
-    built: Built | None = None
+    # Built here in both modes, so a missing key, hook or prompt file is reported here; worker
+    # processes build their own and this one is closed.
+    built = build_app(settings)
     bridge: server.Server
     try:
         if settings.workers > 1:
+            built.close()
             bridge = server.PreforkServer(settings)
         else:
-            built = build_app(settings)
             bridge = server.BridgeServer(built.app, settings.host, settings.port)
     except OSError as exc:
-        if built is not None:
-            built.close()
+        built.close()
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
             hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
         ) from None
     with server.stop_signals() as stop:
-        bridge.start()
+        try:
+            bridge.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"The bridge could not start: {exc}.",
+                hint="Check the log above; try --workers 1.",
+            ) from None
         tunnel, tunnel_error = _open_tunnel(settings, bridge.port, console)
         try:
             state.write(
@@ -96,8 +106,7 @@ def serve(settings: Settings, console: Console) -> None:
             if tunnel is not None:
                 tunnel.close()
             state.remove(settings.home)
-            if built is not None:
-                built.close()
+            built.close()
     console.print("[dim]vapi-bridge stopped.[/]")
 
 

@@ -188,12 +188,14 @@ class PreforkServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise OSError("the worker processes exited at start; see the log above")
+                self.stop()
+                raise OSError("the worker processes exited at start")
             try:
                 httpx.get(f"http://{host}:{self.port}/health", timeout=1).raise_for_status()
                 return
             except httpx.HTTPError:
                 time.sleep(0.05)
+        self.stop(grace=0)
         raise OSError("the worker processes did not answer within 30 s")
 
     def stop(self, grace: float = 5.0) -> int:
