@@ -20,6 +20,7 @@ from rich.table import Table
 
 from vapi_bridge import keystore, state
 from vapi_bridge.errors import ConfigError, TunnelError
+from vapi_bridge.server import local_url
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -92,7 +93,7 @@ def serve(settings: Settings, console: Console) -> None:
             state.write(
                 settings.home,
                 pid=os.getpid(),
-                local_url=_local(settings, bridge.port),
+                local_url=local_url(settings.host, bridge.port),
                 public_url=tunnel.public_url if tunnel is not None else None,
                 secret=settings.secret,
             )
@@ -154,7 +155,7 @@ def _open_tunnel(
 
     try:
         tunnel = open_tunnel(
-            _local(settings, port),
+            local_url(settings.host, port),
             home=settings.home,
             ngrok_path=settings.ngrok_path,
             authtoken=settings.ngrok_authtoken,
@@ -167,12 +168,6 @@ def _open_tunnel(
     return tunnel, None
 
 
-def _local(settings: Settings, port: int) -> str:
-    """The URL this machine reaches the bridge at (a wildcard bind means loopback)."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _announce(
     settings: Settings,
     port: int,
@@ -180,7 +175,7 @@ def _announce(
     tunnel_error: TunnelError | None,
     console: Console,
 ) -> None:
-    local = _local(settings, port)
+    local = local_url(settings.host, port)
     model = settings.model or settings.default_model
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")

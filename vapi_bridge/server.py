@@ -44,6 +44,12 @@ class Server(Protocol):
     def stop(self, grace: float = 5.0) -> int: ...
 
 
+def local_url(host: str, port: int) -> str:
+    """The URL this machine reaches the server at (a wildcard bind means loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """Bind here so a busy port raises OSError for the caller to explain."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -183,15 +189,14 @@ class PreforkServer:
             start_new_session=True,
         )
         self._listener.close()
-        host = "127.0.0.1" if self._settings.host in ("0.0.0.0", "") else self._settings.host
-        host = f"[{host}]" if ":" in host else host
+        health = local_url(self._settings.host, self.port) + "/health"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 self.stop()
                 raise OSError("the worker processes exited at start")
             try:
-                httpx.get(f"http://{host}:{self.port}/health", timeout=1).raise_for_status()
+                httpx.get(health, timeout=1).raise_for_status()
                 return
             except httpx.HTTPError:
                 time.sleep(0.05)
