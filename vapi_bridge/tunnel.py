@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vapi_bridge.errors import TunnelError
+from vapi_bridge.settings import DEFAULT_TUNNEL_TIMEOUT
 
 TOKEN_HINT = (
     "Run `vapi-bridge configure-key --ngrok` with the token from "
@@ -129,7 +130,7 @@ def open_tunnel(
     ngrok_path: str | None = None,
     authtoken: str | None = None,
     domain: str | None = None,
-    deadline: float = 20.0,
+    deadline: float = DEFAULT_TUNNEL_TIMEOUT,
     on_progress: Callable[[str], None] | None = None,
 ) -> Tunnel:
     """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
