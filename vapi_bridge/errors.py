@@ -119,6 +119,15 @@ class UpstreamStreamBroken(UpstreamError):
     """The upstream stream failed after the first chunk; the answer is already on its way."""
 
 
+class InBandError(UpstreamStreamBroken):
+    """SambaNova sent ``data: {"error": ...}`` instead of a chunk."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message, hint="Retry; SambaNova reported the error itself.", code="upstream_error"
+        )
+
+
 class ConfigError(BridgeError):
     """Missing or invalid configuration found by the CLI (exit code 2)."""
 

@@ -13,16 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from vapi_bridge.errors import UpstreamStreamBroken
-
-
-class InBandError(UpstreamStreamBroken):
-    """SambaNova sent ``data: {"error": ...}`` instead of a chunk."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            message, hint="Retry; SambaNova reported the error itself.", code="upstream_error"
-        )
+from vapi_bridge.errors import InBandError, UpstreamStreamBroken
 
 
 @dataclass

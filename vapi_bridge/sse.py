@@ -1,15 +1,21 @@
-"""Server-sent events framing, exactly as Vapi's OpenAI client parses it.
+"""Server-sent events: framing what the bridge sends, and parsing what it reads.
 
-Only ``data:`` lines carrying JSON, then ``data: [DONE]``: no ``event:`` lines, no error
-frames (protocol.md section 2). Compact JSON keeps each frame small on the wire.
+Framing is exactly what Vapi's OpenAI client parses: only ``data:`` lines carrying JSON, then
+``data: [DONE]``; no ``event:`` lines and no error frames. A comment line (``: ...``) is the
+one side channel every SSE client ignores; the bridge uses it to mark a reply it had to cut.
+Parsing follows the SSE spec's field rules and is shared by the upstream client, ``test``,
+the benchmarks and the tests, so every reader agrees on what a stream said.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
+CUT_PREFIX = "vapi-bridge cut="
 
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -23,3 +29,52 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def frame(chunk: dict[str, Any]) -> bytes:
     """One SSE event holding ``chunk`` as JSON."""
     return b"data: " + _encode(chunk).encode("utf-8") + b"\n\n"
+
+
+def cut_comment(outcome: str) -> bytes:
+    """A comment saying the reply was ended early and why; clients skip it, ``test`` reads it."""
+    return f": {CUT_PREFIX}{outcome}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One dispatched SSE event, or one comment line (``comment`` set, ``data`` empty)."""
+
+    data: str = ""
+    event: str = ""
+    comment: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.comment is None and self.data.startswith("[DONE]")
+
+
+def events(lines: Iterable[str], *, comments: bool = False) -> Iterator[Event]:
+    """Parse SSE lines (without their line ends) into events.
+
+    ``data:`` lines accumulate until a blank line dispatches them; ``event:`` names the next
+    event; other fields are ignored, as the spec says. With ``comments`` each comment line is
+    yielded as it arrives (for readers that judge a stream, not only consume it). A stream that
+    ends without the last blank line still dispatches what it held.
+    """
+    data: list[str] = []
+    name = ""
+    for line in lines:
+        if not line:
+            if data:
+                yield Event("\n".join(data), name)
+            data, name = [], ""
+            continue
+        if line[0] == ":":
+            if comments:
+                yield Event(comment=line[1:].strip())
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    if data:
+        yield Event("\n".join(data), name)

@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
-from vapi_bridge.errors import UpstreamError, UpstreamStreamBroken, upstream_status_message
-from vapi_bridge.normalise import InBandError
+from vapi_bridge import sse
+from vapi_bridge.errors import (
+    InBandError,
+    UpstreamError,
+    UpstreamStreamBroken,
+    upstream_status_message,
+)
 from vapi_bridge.settings import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
@@ -218,30 +223,20 @@ class SSEStream:
         self._stall_timeout = stall_timeout
 
     def __iter__(self) -> Iterator[Any]:
-        event = ""
-        data: list[str] = []
         try:
-            for line in self._response.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[6:] if line.startswith("data: ") else line[5:])
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif not line and data:
-                    payload = "\n".join(data)
-                    data = []
-                    if payload.startswith("[DONE]"):
-                        return
-                    try:
-                        parsed = json.loads(payload)
-                    except ValueError:
-                        log.warning("SambaNova sent a data line that is not JSON; skipped it")
-                        continue
-                    if event == "error":
-                        raise InBandError(
-                            f"SambaNova reported an error in its stream: {payload[:300]}"
-                        )
-                    event = ""
-                    yield parsed
+            for event in sse.events(self._response.iter_lines()):
+                if event.done:
+                    return
+                try:
+                    parsed = json.loads(event.data)
+                except ValueError:
+                    log.warning("SambaNova sent a data line that is not JSON; skipped it")
+                    continue
+                if event.event == "error":
+                    raise InBandError(
+                        f"SambaNova reported an error in its stream: {event.data[:300]}"
+                    )
+                yield parsed
         except httpx.TimeoutException:
             raise UpstreamStreamBroken(
                 f"SambaNova stalled: no data for {self._stall_timeout:g}s.",
