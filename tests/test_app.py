@@ -8,7 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk, tool_chunks
+from tests.helpers import (
+    PRIVATE_VALUES,
     SECRET,
     BridgeFactory,
     LogCapture,
@@ -16,17 +18,7 @@ from tests.conftest import (
     sse_events,
     vapi_request,
 )
-from tests.fakes.sambanova import FakeSambaNova, Script, chunk, tool_chunks
 from vapi_bridge.translate import FORWARDED_PARAMS
-
-PRIVATE_VALUES = (
-    "whsec_do_not_log_me_7Yc2",
-    "twilio_secret_do_not_log_9Qx4",
-    "+14155550123",
-    "+14155550199",
-    "Jordan Lee",
-    "AC00000000000000000000000000000000",
-)
 
 
 def chunks_of(events: list[Any]) -> list[dict[str, Any]]:
@@ -158,7 +150,7 @@ def test_missing_model_uses_default(bridge: RunningBridge, fake: FakeSambaNova) 
 def test_legacy_functions_are_converted_to_tools(
     bridge: RunningBridge, fake: FakeSambaNova
 ) -> None:
-    body = {
+    body: dict[str, Any] = {
         "model": "Meta-Llama-3.3-70B-Instruct",
         "stream": True,
         "functions": [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}],

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET
 from tests.fakes.broken_llm import broken_server, silent_server
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import SECRET
 from tests.process import Serve, closed_port, run_cli
 
 

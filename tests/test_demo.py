@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import BridgeFactory, sse_events, vapi_request
+from tests.helpers import BridgeFactory, sse_events, vapi_request
 from vapi_bridge.demo import DemoUpstream
 
 
@@ -12,7 +12,7 @@ def stream(start_bridge: BridgeFactory, body: dict[str, object]) -> list[dict[st
     bridge = start_bridge(upstream=DemoUpstream(gap=0), demo=True)
     events = sse_events(bridge.post(body))
     assert events[-1] == "[DONE]"
-    return events[:-1]  # type: ignore[return-value]
+    return events[:-1]
 
 
 def test_demo_streams_text(start_bridge: BridgeFactory) -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import BridgeFactory, LogCapture, sse_events, vapi_request
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
+from tests.helpers import BridgeFactory, LogCapture, sse_cut, sse_events, vapi_request
 from tests.process import closed_port
 from vapi_bridge.upstream import SambaNovaUpstream
 
@@ -28,6 +28,7 @@ class Fault:
     log: str = ""
     model: str = "Meta-Llama-3.3-70B-Instruct"
     scripts: list[Script] = field(default_factory=list)
+    cut: str | None = None
 
 
 def status_fault(upstream: int, status: int, code: str) -> Fault:
@@ -72,14 +73,20 @@ FAULTS = [
         scripts=[Script(chunks=[ERROR_FRAME])],
     ),
     Fault(
-        "reset mid-stream", 200, heard="Sure! Let me check", log="dropped mid-stream", model="drop"
+        "reset mid-stream",
+        200,
+        heard="Sure! Let me check",
+        log="dropped mid-stream",
+        model="drop",
+        cut="upstream_error",
     ),
     Fault(
         "stall between tokens",
         200,
         heard="Sure",
-        log="stalled",
+        log="stalled: no data for 0.5s",
         scripts=[Script(chunks=text_chunks()[:1], end="stall")],
+        cut="upstream_error",
     ),
     Fault(
         "in-band error frame mid-stream",
@@ -87,6 +94,7 @@ FAULTS = [
         heard="Sure! Let me check",
         log="queue is full",
         scripts=[Script(chunks=[*text_chunks()[:2], ERROR_FRAME])],
+        cut="upstream_error",
     ),
     Fault(
         "non-JSON data line",
@@ -116,7 +124,7 @@ FAULTS = [
 def test_upstream_fault(
     start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture, fault: Fault
 ) -> None:
-    bridge = start_bridge(upstream_timeout=0.5)
+    bridge = start_bridge(upstream_timeout=0.5, stall_timeout=0.5)
     fake.push(*fault.scripts)
     response = bridge.post({**vapi_request(), "model": fault.model})
     assert response.status_code == fault.status
@@ -134,6 +142,7 @@ def test_upstream_fault(
         )
         assert heard == fault.heard
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "tool_calls")
+        assert sse_cut(response) == fault.cut, "a cut reply is marked, a whole one is not"
     logs.wait_for(lambda line: fault.log in line)
     assert bridge.post(vapi_request()).status_code == 200, "the bridge keeps serving"
 
@@ -149,3 +158,32 @@ def test_connection_refused(start_bridge: BridgeFactory, logs: LogCapture) -> No
         error["code"] == "upstream_unreachable" and "Could not reach SambaNova" in error["message"]
     )
     logs.wait_for(lambda line: "upstream_unreachable: Could not reach" in line)
+
+
+def test_a_retried_stream_gets_the_stall_limit_not_what_was_left_of_the_deadline(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    """2 s to the first token; a 503 asks for 1.2 s; the retried stream then has 1 s gaps."""
+    bridge = start_bridge(upstream_timeout=2.0, stall_timeout=1.8)
+    fake.push(
+        Script(kind="status", status=503, headers={"Retry-After": "1.2"}),
+        Script(chunks=text_chunks(), gap=1.0),
+    )
+    response = bridge.post(vapi_request(), timeout=20)
+    heard = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in sse_events(response)[:-1]
+        if c["choices"]
+    )
+    assert heard == FULL and sse_cut(response) is None
+    logs.wait_for(lambda line: " 200 " in line and "outcome" not in line)
+
+
+def test_no_first_token_within_the_deadline_is_a_504_even_after_the_headers(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    bridge = start_bridge(upstream_timeout=0.6)
+    fake.push(Script(chunks=[], end="stall"))
+    response = bridge.post(vapi_request())
+    assert response.status_code == 504
+    assert "within 0.6s" in response.json()["error"]["message"]

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BridgeFactory, LogCapture, sse_events, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import PRIVATE_VALUES, BridgeFactory, LogCapture, sse_events, vapi_request
 from tests.process import Serve
-from tests.test_app import PRIVATE_VALUES
 from vapi_bridge.middleware import build_middleware
 from vapi_bridge.settings import Settings
 
@@ -176,7 +175,7 @@ def test_transcript_has_every_turn_and_no_secret(
     ]
     bridge.post(body)
     bridge.post({**body, "stream": False})
-    bridge.middleware.close()
+    bridge.bridge.middleware.close()
     (path,) = list(directory.iterdir())
     assert path.name == "8f1c2a3e-0d55-4f6b-9a31-6a0e2c9b7d10.jsonl"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -7,8 +7,8 @@ import json
 import openai
 import pytest
 
-from tests.conftest import RunningBridge, vapi_request
 from tests.fakes.sambanova import FakeSambaNova, Script, tool_chunks
+from tests.helpers import RunningBridge, vapi_request
 
 
 def client(bridge: RunningBridge) -> openai.OpenAI:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECRET
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import SECRET, assert_ended_cleanly_by_the_stop, stop_during_streams, wait_until
 from tests.process import Serve, run_cli
-from tests.test_shutdown import assert_ended_cleanly_by_the_stop, stop_during_streams
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
 
@@ -42,7 +41,7 @@ def test_workers_serve_and_stop_with_nothing_left(fake: FakeSambaNova, isolated_
         serve.stdout_line()
         serve.wait_stderr(lambda line: "Try it" in line)
         marker = f"workers-{serve.proc.pid}.json"
-        assert len(worker_processes(marker)) == 3, "a master and two workers"
+        assert wait_until(lambda: len(worker_processes(marker)) == 3), "a master, two workers"
         assert not (isolated_env / marker).exists(), "the keys file is gone once read"
         for _ in range(4):
             result = run_cli("test", "--json")
@@ -73,6 +72,7 @@ def test_workers_end_live_streams_cleanly_on_stop(
         listeners = stop_during_streams(serve, [serve.stdout_line()] * 6, sig)
     assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
+    assert "Ended 6 live stream(s) early" in serve.stderr, "the workers report what they cut"
     assert fake.wait_no_open_streams(5)
     assert worker_processes(f"workers-{serve.proc.pid}.json") == []
 
@@ -91,9 +91,39 @@ def test_workers_on_a_busy_port_is_a_clear_error(fake: FakeSambaNova) -> None:
     ("args", "message"),
     [([], "No SambaNova API key"), (["--demo", "--hook", "no_such_module_xyz:f"], "Cannot import")],
 )
-def test_workers_report_bad_settings_like_one_process(args: list[str], message: str) -> None:
+def test_workers_report_bad_settings_like_one_process(
+    args: list[str], message: str, isolated_env: Path
+) -> None:
     """Settings the workers would fail on are checked where the error can be explained."""
     result = run_cli("serve", "--no-tunnel", "--port", "0", "--workers", "2", *args)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
-    assert worker_processes("vapi_bridge.prefork") == []
+    assert worker_processes(str(isolated_env)) == [], "no worker process is left behind"
+
+
+def test_workers_import_a_hook_module_once(fake: FakeSambaNova, tmp_path: Path) -> None:
+    """The app is built once in gunicorn's master and forked, not once per process."""
+    imports = tmp_path / "imports.txt"
+    (tmp_path / "counting_hook.py").write_text(
+        f"with open({str(imports)!r}, 'a') as f:\n    f.write('imported\\n')\n\n"
+        "def hook(request):\n    return request\n"
+    )
+    env = {**env_for(fake), "PYTHONPATH": str(tmp_path)}
+    with Serve(
+        "--no-tunnel",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--secret",
+        SECRET,
+        "--hook",
+        "counting_hook:hook",
+        env=env,
+    ) as serve:
+        serve.stdout_line()
+        result = run_cli("test", "--json")
+        assert result.returncode == 0, result.stderr
+        assert serve.stop("SIGTERM") == 0
+    assert imports.read_text().splitlines() == ["imported"]
+    assert "/health" not in serve.stderr, "health checks are not request-logged"

@@ -15,13 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SECRET, RunningBridge, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
-from vapi_bridge.app import create_app
-from vapi_bridge.server import BridgeServer
-from vapi_bridge.settings import Settings
+from tests.helpers import SECRET, RunningBridge, bridge_settings, run_bridge, vapi_request
 from vapi_bridge.translate import FORWARDED_PARAMS, MESSAGE_KEYS
-from vapi_bridge.upstream import SambaNovaUpstream
 
 CANARY = "CANARY-do-not-forward-7731"
 FUZZ = settings(
@@ -37,21 +33,15 @@ def fuzz_bridge(
 ) -> Iterator[RunningBridge]:
     """One bridge for all examples; the model is forced so no name selects a fake failure."""
     home = tmp_path_factory.mktemp("fuzz")
-    config = Settings(
-        home=Path(home),
-        port=0,
-        secret=SECRET,
-        tunnel=False,
+    config = bridge_settings(
+        Path(home),
+        fake_server.base_url,
         model="Meta-Llama-3.3-70B-Instruct",
         max_body=256 * 1024,
     )
-    upstream = SambaNovaUpstream(api_key="test-key", base_url=fake_server.base_url)
-    server = BridgeServer(create_app(config, upstream), "127.0.0.1", 0)
-    server.start()
-    middleware = type("NoMiddleware", (), {"close": lambda self: None})()
-    yield RunningBridge(f"http://127.0.0.1:{server.port}", SECRET, server, upstream, middleware)
-    server.stop(grace=0.5)
-    upstream.close()
+    running = run_bridge(config)
+    yield running
+    running.stop()
 
 
 json_scalars = st.one_of(

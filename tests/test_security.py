@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET, LogCapture, RunningBridge, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import SECRET, LogCapture, RunningBridge, vapi_request
 from tests.process import Serve, write_fake_agent
 from vapi_bridge import keystore
 

@@ -3,65 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import SECRET, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import (
+    SECRET,
+    assert_ended_cleanly_by_the_stop,
+    stop_during_streams,
+)
 from tests.process import Serve, process_alive, write_fake_agent
-
-
-@dataclass
-class Listener:
-    url: str
-    started: threading.Event = field(default_factory=threading.Event)
-    lines: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def run(self) -> None:
-        try:
-            with httpx.stream(
-                "POST",
-                self.url + "/chat/completions",
-                json={**vapi_request(), "model": "long"},
-                headers={"Authorization": f"Bearer {SECRET}"},
-                timeout=20,
-            ) as response:
-                for line in response.iter_lines():
-                    if line:
-                        self.lines.append(line)
-                        self.started.set()
-        except httpx.HTTPError as exc:
-            self.error = exc.__class__.__name__
-        finally:
-            self.started.set()
-
-
-def stop_during_streams(serve: Serve, urls: list[str], sig: str) -> list[Listener]:
-    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them."""
-    listeners = [Listener(url) for url in urls]
-    threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
-    for thread in threads:
-        thread.start()
-    for listener in listeners:
-        assert listener.started.wait(10) and listener.lines, listener.error
-    assert serve.stop(sig, timeout=20) == 0
-    for thread in threads:
-        thread.join(10)
-    return listeners
-
-
-def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
-    for listener in listeners:
-        assert listener.error is None, listener.error
-        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
-        chunks = [json.loads(line[6:]) for line in listener.lines[:-1]]
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-        assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import vapi_request
+from tests.helpers import vapi_request
 from vapi_bridge.errors import InvalidRequest
 from vapi_bridge.translate import FORWARDED_PARAMS, translate
 

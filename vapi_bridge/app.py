@@ -1,9 +1,9 @@
-"""The HTTP app: ``create_app(settings, upstream)`` builds a Flask app serving Vapi.
+"""The HTTP app: ``create_app(settings)`` wires routes, auth and error handlers over a bridge.
 
-Data flows one way: auth -> parse -> translate -> (middleware) -> upstream -> normalise ->
-frame. Failures before the first byte become an HTTP status with an OpenAI-style body
-(:mod:`vapi_bridge.errors`); failures after it end the stream cleanly with a finish reason and
-``[DONE]``, because the 200 is already on the wire.
+The CLI, the ``--workers`` processes and the tests all build the app here. A request flows one
+way: auth -> parse -> translate -> middleware -> :class:`~vapi_bridge.turn.Turn` (upstream,
+stages, framing). Errors are :class:`BridgeError` types; the handlers below are the one place
+they become an HTTP status with an OpenAI-style body.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -27,203 +25,186 @@ from vapi_bridge.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
-    UpstreamStreamBroken,
 )
-from vapi_bridge.normalise import StreamNormaliser, normalise_completion
+from vapi_bridge.middleware import Middleware, build_middleware
 from vapi_bridge.reqlog import RequestRecord, safe_id, safe_path
 from vapi_bridge.settings import Settings
-from vapi_bridge.translate import ChatRequest, translate
-from vapi_bridge.upstream import Upstream
+from vapi_bridge.stages import StageFactory
+from vapi_bridge.translate import translate
+from vapi_bridge.turn import LiveTurns, Turn, TurnContext
+from vapi_bridge.upstream import Upstream, open_upstream
 
 log = logging.getLogger("vapi_bridge")
 
 CHAT_PATHS = ("/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions")
+# Load balancers and orchestrators ask these every few seconds: logged only when they fail.
+PROBE_PATHS = ("/health", "/ready")
+EXTENSION = "vapi_bridge"
 
-Prepare = Callable[[ChatRequest], ChatRequest]
-Reply = dict[str, Any]
-OnReply = Callable[[ChatRequest, Reply], None]
+
+class Bridge:
+    """What one app holds open: the upstream client, middleware, and the live turns."""
+
+    def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
+        # Built in the order things can fail, and released if a later part fails.
+        self.settings = settings
+        self.upstream = upstream if upstream is not None else open_upstream(settings)
+        try:
+            self.middleware: Middleware = build_middleware(settings)
+        except BaseException:
+            self.upstream.close()
+            raise
+        self.live = LiveTurns(
+            first_token_timeout=settings.upstream_timeout, stall_timeout=settings.stall_timeout
+        )
+        self.turns = TurnContext(
+            upstream=self.upstream,
+            live=self.live,
+            stages=stage_factories(settings),
+            on_reply=self.middleware.on_reply,
+            log_format=settings.log_format,
+        )
+        self.draining = False
+
+    def end_live_turns(self) -> int:
+        """Shutdown's grace is over: end every live reply cleanly now; returns how many."""
+        return self.live.end_all()
+
+    def close(self, grace: float = 5.0) -> int:
+        """Release everything; returns how many after-reply jobs could not run in ``grace``."""
+        self.upstream.close()
+        return self.middleware.close(grace)
 
 
-def create_app(
-    settings: Settings,
-    upstream: Upstream,
-    *,
-    prepare: Prepare | None = None,
-    on_reply: OnReply | None = None,
-) -> Flask:
-    """The bridge's WSGI app. ``prepare`` and ``on_reply`` are the middleware seams."""
+def stage_factories(settings: Settings) -> list[StageFactory]:
+    """The stages between Normalise and Collect that these settings switch on."""
+    return []
+
+
+def bridge_of(app: Flask) -> Bridge:
+    bridge: Bridge = app.extensions[EXTENSION]
+    return bridge
+
+
+def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask:
+    """The bridge's WSGI app; ``upstream`` replaces the one the settings would open."""
+    bridge = Bridge(settings, upstream)
     app = Flask("vapi_bridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
-    # Set by the server when shutdown's grace period is over: live streams then end cleanly.
-    stopping = threading.Event()
-    app.extensions["vapi_bridge.stopping"] = stopping
+    app.extensions[EXTENSION] = bridge
     model_map = dict(settings.model_map)
 
-    def authorise() -> None:
-        if settings.secret is None:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else header.strip()
-        if not token or not hmac.compare_digest(token.encode(), settings.secret.encode()):
-            raise Unauthorized(
-                "Missing or wrong bridge key.",
-                hint="In Vapi, set the Custom LLM credential to the key `vapi-bridge serve` "
-                "printed (sent as 'Authorization: Bearer <key>').",
-            )
-
-    def read_json() -> Any:
-        try:
-            return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
-            raise InvalidRequest(
-                "The request body is not valid JSON.",
-                hint="Send an OpenAI chat-completions JSON body.",
-                code="invalid_json",
-            ) from None
-
     def chat() -> Response:
-        record: RequestRecord = g.record
-        authorise()
+        authorise(settings.secret)
         chat_request = translate(
             read_json(),
             default_model=settings.default_model,
             forced_model=settings.model,
             model_map=model_map,
         )
+        record: RequestRecord = g.record
         record.call_id = safe_id(chat_request.call_id)
-        if prepare is not None:
-            chat_request = prepare(chat_request)
-        record.model = chat_request.model
-        record.stream = chat_request.stream
+        if bridge.middleware.prepare is not None:
+            chat_request = bridge.middleware.prepare(chat_request)
+        record.model, record.stream = chat_request.model, chat_request.stream
+        turn = Turn(chat_request, record, bridge.turns)
         if not chat_request.stream:
-            return complete(chat_request, record)
-        return relay(chat_request, record)
-
-    def complete(chat_request: ChatRequest, record: RequestRecord) -> Response:
-        body = normalise_completion(upstream.complete(chat_request.params), chat_request.model)
-        record.first_token()
-        record.usage(body.get("usage"))
-        if on_reply is not None:
-            on_reply(chat_request, _reply_from_completion(body, record))
-        return Response(json.dumps(body), mimetype="application/json")
-
-    def relay(chat_request: ChatRequest, record: RequestRecord) -> Response:
-        stream = upstream.open_stream(chat_request.params)
-        normaliser = StreamNormaliser(
-            model=chat_request.model, forward_usage=chat_request.include_usage
-        )
-        chunks = iter(stream)
-        try:
-            first = _first_frame(chunks, normaliser)
-        except BaseException:
-            stream.close()
-            raise
-        record.first_token()
+            return json_response(turn.complete())
+        frames = turn.start()
         g.deferred_log = True
-        finished = threading.Event()
-
-        def finish(never_started: bool = False) -> None:
-            # Runs once: from the generator's end, or from the server closing a response whose
-            # generator never started (the client left before the first write).
-            if finished.is_set():
-                return
-            finished.set()
-            if never_started:
-                record.outcome = "client_closed"
-            stream.close()
-            record.chunks = normaliser.chunks
-            record.usage(normaliser.usage)
-            record.emit(settings.log_format)
-            if on_reply is not None and record.outcome != "client_closed":
-                on_reply(chat_request, _reply_from_stream(normaliser, record))
-
-        response = Response(
-            _frames(first, chunks, normaliser, record, finish),
-            status=200,
-            content_type=sse.CONTENT_TYPE,
-            headers=sse.HEADERS,
-        )
-        response.call_on_close(lambda: finish(never_started=True))
+        response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
+        response.call_on_close(turn.close)
         return response
-
-    def _frames(
-        first: bytes | None,
-        chunks: Iterator[Any],
-        normaliser: StreamNormaliser,
-        record: RequestRecord,
-        finish: Callable[[], None],
-    ) -> Iterator[bytes]:
-        try:
-            if first is not None:
-                yield first
-            try:
-                for raw in chunks:
-                    out = normaliser.feed(raw)
-                    if out is not None:
-                        yield sse.frame(out)
-                    if stopping.is_set():
-                        record.outcome = "shutdown"
-                        break
-            except UpstreamStreamBroken as exc:
-                record.outcome, record.error = "upstream_error", exc.message
-            except Exception as exc:
-                log.exception("stream relay failed")
-                record.outcome, record.error = "bridge_error", exc.__class__.__name__
-            final = normaliser.final_chunk()
-            if final is not None:
-                yield sse.frame(final)
-            yield sse.DONE
-        except GeneratorExit:
-            record.outcome = "client_closed"
-            raise
-        finally:
-            finish()
 
     for path in CHAT_PATHS:
         app.add_url_rule(path, f"chat:{path}", chat, methods=["POST"])
 
     @app.get("/health")
     def health() -> Response:
-        body = {"status": "ok", "version": __version__, "demo": settings.demo}
-        return Response(json.dumps(body), mimetype="application/json")
+        return json_response({"status": "ok", "version": __version__, "demo": settings.demo})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        if bridge.draining or bridge.live.stopping.is_set():
+            return json_response({"status": "draining"}, status=503)
+        return json_response({"status": "ready"})
 
     @app.get("/models")
     @app.get("/v1/models")
     def models() -> Response:
-        authorise()
-        names = [settings.model] if settings.model else [settings.default_model]
+        authorise(settings.secret)
+        names = [settings.model or settings.default_model]
         names += [name for name in model_map if name not in names]
         created = int(time.time())
         data = [
             {"id": n, "object": "model", "created": created, "owned_by": "vapi-bridge"}
             for n in names
         ]
-        return Response(json.dumps({"object": "list", "data": data}), mimetype="application/json")
+        return json_response({"object": "list", "data": data})
+
+    register_request_log(app, settings)
+    register_error_handlers(app)
+    return app
+
+
+def authorise(secret: str | None) -> None:
+    """Accept ``Authorization: Bearer <key>`` (or the bare key) when a key is configured."""
+    if secret is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else header.strip()
+    if not token or not hmac.compare_digest(token.encode(), secret.encode()):
+        raise Unauthorized(
+            "Missing or wrong bridge key.",
+            hint="In Vapi, set the Custom LLM credential to the key `vapi-bridge serve` "
+            "printed (sent as 'Authorization: Bearer <key>').",
+        )
+
+
+def read_json() -> Any:
+    try:
+        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(
+            "The request body is not valid JSON.",
+            hint="Send an OpenAI chat-completions JSON body.",
+            code="invalid_json",
+        ) from None
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def register_request_log(app: Flask, settings: Settings) -> None:
+    """One log line per request; a stream logs its own line when it ends."""
 
     @app.before_request
     def start_record() -> None:
         g.record = RequestRecord(method=request.method, path=safe_path(request.path))
-        g.deferred_log = False
+        g.deferred_log = request.path in PROBE_PATHS
 
     @app.after_request
     def finish_record(response: Response) -> Response:
         record: RequestRecord | None = g.get("record")
-        if record is not None and not g.get("deferred_log"):
-            record.status = response.status_code
+        if record is None:
+            return response
+        record.status = response.status_code
+        if not g.get("deferred_log") or response.status_code >= 400:
             if response.status_code >= 400:
                 record.outcome = "rejected" if response.status_code < 500 else "failed"
             record.emit(settings.log_format)
-        elif record is not None:
-            record.status = response.status_code
         return response
 
+
+def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BridgeError)
     def bridge_error(exc: BridgeError) -> Response:
         record: RequestRecord | None = g.get("record")
         if record is not None:
             record.error = f"{exc.code}: {exc.message}"
-        response = Response(json.dumps(exc.body()), status=exc.status, mimetype="application/json")
+        response = json_response(exc.body(), status=exc.status)
         if exc.retry_after:
             response.headers["Retry-After"] = exc.retry_after
         return response
@@ -237,21 +218,10 @@ def create_app(
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return bridge_error(BridgeError("The bridge failed unexpectedly; see its log."))
 
-    return app
-
 
 def _reject_constant(name: str) -> Any:
     """NaN and Infinity are not JSON; forwarding them would send SambaNova an invalid body."""
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _first_frame(chunks: Iterator[Any], normaliser: StreamNormaliser) -> bytes | None:
-    """Read until the first chunk worth sending, so early failures can still be a status."""
-    for raw in chunks:
-        out = normaliser.feed(raw)
-        if out is not None:
-            return sse.frame(out)
-    return None
 
 
 def _from_http(exc: HTTPException) -> BridgeError:
@@ -271,34 +241,3 @@ def _from_http(exc: HTTPException) -> BridgeError:
     if 400 <= code < 500:
         return InvalidRequest(exc.description or "Bad request.", status=code)
     return BridgeError(exc.description or "Server error.", status=code)
-
-
-def _reply_from_stream(normaliser: StreamNormaliser, record: RequestRecord) -> Reply:
-    return {
-        "text": normaliser.text,
-        "tool_calls": [normaliser.tool_calls[i] for i in sorted(normaliser.tool_calls)],
-        "finish_reason": normaliser.finish_reason,
-        "ttft_ms": record.ttft_ms,
-        "total_ms": record.total_ms,
-        "usage": normaliser.usage,
-        "outcome": record.outcome,
-    }
-
-
-def _reply_from_completion(body: dict[str, Any], record: RequestRecord) -> Reply:
-    choice = body["choices"][0] if body["choices"] else {}
-    message = choice.get("message") or {}
-    calls = [
-        {"id": c.get("id"), **(c.get("function") or {})}
-        for c in message.get("tool_calls") or []
-        if isinstance(c, dict)
-    ]
-    return {
-        "text": message.get("content") or "",
-        "tool_calls": calls,
-        "finish_reason": choice.get("finish_reason"),
-        "ttft_ms": record.ttft_ms,
-        "total_ms": round((time.perf_counter() - record.started) * 1000, 1),
-        "usage": body.get("usage"),
-        "outcome": "ok",
-    }

@@ -1,12 +1,14 @@
 """The ``vapi-bridge`` command line: parse options, call the modules that do the work.
 
 Heavy libraries (flask, sambanova, pyngrok, rich) are imported inside the commands, so
-``vapi-bridge --help`` stays instant. Every :class:`BridgeError` ends the command with its
-message and hint on stderr and a non-zero exit code, never a traceback.
+``vapi-bridge --help`` stays instant. ``serve``'s options are built from the declarations in
+:mod:`vapi_bridge.settings`, so an option is declared once. Every error ends the command with
+one message and a hint on stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -15,18 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
-from vapi_bridge import __version__
+from vapi_bridge import __version__, settings
 from vapi_bridge.errors import BridgeError, ConfigError
-from vapi_bridge.settings import (
-    DEFAULT_BASE_URL,
-    DEFAULT_HOST,
-    DEFAULT_MAX_BODY,
-    DEFAULT_MODEL,
-    DEFAULT_PORT,
-    DEFAULT_TUNNEL_TIMEOUT,
-    DEFAULT_UPSTREAM_TIMEOUT,
-)
+from vapi_bridge.settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,9 +33,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+_debug = False
 
 
 def _stderr() -> Console:
@@ -50,7 +47,7 @@ def _stderr() -> Console:
 
 
 def _reports_errors(command: F) -> F:
-    """Turn bridge errors into 'cause -> fix' on stderr and an exit code; no tracebacks."""
+    """The last line of defence: every failure is one message on stderr and an exit code."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,10 +56,24 @@ def _reports_errors(command: F) -> F:
         except BridgeError as exc:
             _stderr().print(f"[bold red]Error:[/] {exc.cli_message()}", markup=True)
             raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
+        except (KeyboardInterrupt, typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if _debug:
+                raise
+            _stderr().print(
+                f"[bold red]Error:[/] vapi-bridge failed unexpectedly: "
+                f"{exc.__class__.__name__}: {_one_line(exc)}\n"
+                "  -> Run again with `vapi-bridge --debug ...` for the details, and report it.",
+                markup=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _version(value: bool) -> None:
@@ -75,10 +86,15 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks for unexpected errors.")
     ] = False,
 ) -> None:
     """Put SambaNova's fast open models behind Vapi's Custom LLM provider."""
+    global _debug
+    _debug = debug
 
 
 def _stored(home: Path) -> dict[str, Any]:
@@ -93,149 +109,99 @@ def _stored(home: Path) -> dict[str, Any]:
         ) from None
 
 
-def _model_map(pairs: list[str]) -> tuple[tuple[str, str], ...]:
-    out = []
-    for pair in pairs:
-        name, sep, target = pair.partition("=")
-        if not sep or not name.strip() or not target.strip():
-            raise ConfigError(
-                f"--model-map '{pair}' is not NAME=MODEL.",
-                hint="Example: --model-map gpt-4o=Meta-Llama-3.3-70B-Instruct",
+class GroupedCommand(TyperCommand):
+    """Help that lists options under their settings group instead of one long list."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        group_of = {f.name: spec.group for f, spec in settings.options()}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                groups.setdefault(group_of.get(param.name or "", "Other"), []).append(record)
+        for group in (*settings.GROUPS, "Other"):
+            if group in groups:
+                with formatter.section(group):
+                    formatter.write_dl(groups[group])
+
+
+SERVE_EPILOG = (
+    "Keys come from the environment or the stored config, never from a flag (flags show in "
+    "`ps`): SAMBANOVA_API_KEY (or `vapi-bridge configure-key`), NGROK_AUTHTOKEN (or "
+    "`configure-key --ngrok`), VAPI_BRIDGE_SECRET (the bridge key). VAPI_BRIDGE_HOME moves "
+    "the config folder."
+)
+
+
+def _serve_signature() -> inspect.Signature:
+    """``serve``'s parameters, one per declared setting that has a flag."""
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    for f, spec in settings.options():
+        if spec.flag is None:
+            continue
+        help_text = spec.help + (f" [env: {', '.join(spec.env)}]" if spec.env else "")
+        kind = f.type if isinstance(f.type, type) else _type_of(str(f.type))
+        info = typer.Option(
+            spec.flag,
+            help=help_text,
+            metavar=spec.metavar,
+            show_default=not spec.secret and f.default not in (None, (), False),
+        )
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None if kind is list else f.default,
+                annotation=Annotated[kind, info],
             )
-        out.append((name.strip(), target.strip()))
-    return tuple(out)
+        )
+    return inspect.Signature(params)
 
 
-@app.command()
+def _type_of(annotation: str) -> Any:
+    """The click-facing type for a settings field's annotation."""
+    if annotation.startswith("tuple"):
+        return list[str]
+    if "Path" in annotation:
+        return Path | None
+    if annotation.startswith("bool"):
+        return bool
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    if annotation in ("LogFormat", "PromptMode"):
+        return getattr(settings, annotation)
+    return str | None if "None" in annotation else str
+
+
 @_reports_errors
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = DEFAULT_PORT,
-    base_url: Annotated[
-        str | None,
-        typer.Option(help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL]"),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Force this model for every request. [env: VAPI_BRIDGE_MODEL]"),
-    ] = None,
-    model_map: Annotated[
-        list[str] | None,
-        typer.Option(help="Route a Vapi model name to a SambaNova model: NAME=MODEL. Repeatable."),
-    ] = None,
-    secret: Annotated[
-        str | None,
-        typer.Option(help="Bridge key Vapi must send. [env: VAPI_BRIDGE_SECRET; default: stored]"),
-    ] = None,
-    no_auth: Annotated[
-        bool, typer.Option("--no-auth", help="Accept requests without a bridge key (unsafe).")
-    ] = False,
-    demo: Annotated[
-        bool, typer.Option("--demo", help="Use the built-in offline model: no key, no network.")
-    ] = False,
-    tunnel: Annotated[
-        bool, typer.Option("--tunnel/--no-tunnel", help="Open an ngrok tunnel for Vapi.")
-    ] = True,
-    ngrok_path: Annotated[
-        str | None, typer.Option(help="ngrok agent binary. [env: PYNGROK_NGROK_PATH]")
-    ] = None,
-    domain: Annotated[
-        str | None,
-        typer.Option(help="Reserved ngrok domain to use. [env: VAPI_BRIDGE_DOMAIN]"),
-    ] = None,
-    tunnel_timeout: Annotated[
-        float, typer.Option(min=0.5, max=300, help="Seconds to wait for the ngrok agent.")
-    ] = DEFAULT_TUNNEL_TIMEOUT,
-    workers: Annotated[
-        int,
-        typer.Option(min=1, max=64, help="Worker processes (POSIX, gunicorn); 1 = one process."),
-    ] = 1,
-    shutdown_grace: Annotated[
-        float, typer.Option(min=0, max=600, help="Seconds live replies get to finish on stop.")
-    ] = 5.0,
-    upstream_timeout: Annotated[
-        float,
-        typer.Option(min=0.5, max=120, help="Seconds to wait for SambaNova's first token."),
-    ] = DEFAULT_UPSTREAM_TIMEOUT,
-    max_body: Annotated[
-        int, typer.Option(min=1024, help="Largest request body accepted, in bytes.")
-    ] = DEFAULT_MAX_BODY,
-    system_prompt: Annotated[
-        str | None, typer.Option(help="System prompt to apply to every request.")
-    ] = None,
-    system_prompt_file: Annotated[
-        Path | None,
-        typer.Option(help="File holding the system prompt; re-read when it changes."),
-    ] = None,
-    system_prompt_mode: Annotated[
-        str, typer.Option(help="replace, prepend or append to Vapi's system message.")
-    ] = "replace",
-    hook: Annotated[
-        list[str] | None,
-        typer.Option(help="Middleware hook module:function. Repeatable."),
-    ] = None,
-    reply_hook: Annotated[
-        list[str] | None,
-        typer.Option(help="Hook module:function called with each finished reply. Repeatable."),
-    ] = None,
-    transcript_dir: Annotated[
-        Path | None, typer.Option(help="Write one JSON Lines transcript per Vapi call here.")
-    ] = None,
-    log_format: Annotated[str, typer.Option(help="Request log format: text or json.")] = "text",
-) -> None:
+def serve(ctx: typer.Context, **values: Any) -> None:
     """Start the bridge, open an ngrok tunnel, and print what to paste into Vapi."""
-    from vapi_bridge import runner
-    from vapi_bridge.settings import home_dir, resolve
+    from vapi_bridge import reqlog, runner
 
-    if log_format not in ("text", "json"):
-        raise ConfigError(f"--log-format '{log_format}' is not text or json.", hint="Pick one.")
-    if system_prompt_mode not in ("replace", "prepend", "append"):
-        raise ConfigError(
-            f"--system-prompt-mode '{system_prompt_mode}' is not replace, prepend or append.",
-            hint="Pick one of the three.",
-        )
-    if system_prompt is not None and system_prompt_file is not None:
-        raise ConfigError(
-            "--system-prompt and --system-prompt-file both given.", hint="Use one of them."
-        )
-    if secret is not None and len(secret.strip()) < 16:
-        raise ConfigError(
-            "--secret must be at least 16 characters: the bridge key guards your SambaNova "
-            "quota behind a public URL.",
-            hint="Leave it out to use the stored random key, or pass a longer one.",
-        )
-    env = dict(os.environ)
-    home = home_dir(env)
-    stored = _stored(home)
-    flags: dict[str, Any] = {
-        "home": home,
-        "host": host,
-        "port": port,
-        "base_url": base_url,
-        "model": model,
-        "secret": secret,
-        "no_auth": no_auth,
-        "demo": demo,
-        "tunnel": tunnel,
-        "ngrok_path": ngrok_path,
-        "domain": domain,
-        "tunnel_timeout": tunnel_timeout,
-        "shutdown_grace": shutdown_grace,
-        "workers": workers,
-        "upstream_timeout": upstream_timeout,
-        "max_body": max_body,
-        "log_format": log_format,
-        "model_map": _model_map(model_map or []),
-        "system_prompt": system_prompt,
-        "system_prompt_file": system_prompt_file,
-        "system_prompt_mode": system_prompt_mode,
-        "hooks": tuple(hook or ()),
-        "reply_hooks": tuple(reply_hook or ()),
-        "transcript_dir": transcript_dir,
+    given = {
+        name: value
+        for name, value in values.items()
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
-    settings = runner.complete_settings(resolve(flags, env, stored))
-    runner.setup_logging(settings.log_format)
-    runner.serve(settings, _stderr())
+    env = settings.environment()
+    home = settings.home_dir(env)
+    loaded = settings.load(given, env, _stored(home), home=home)
+    console = _stderr()
+    for warning in settings.warnings(loaded):
+        console.print(f"[yellow]Warning:[/] {warning}")
+    loaded = runner.complete_settings(loaded)
+    reqlog.setup(loaded.log_format)
+    runner.serve(loaded, console)
+
+
+serve.__signature__ = _serve_signature()  # type: ignore[attr-defined]
+app.command(
+    cls=GroupedCommand,
+    short_help="Start the bridge and a tunnel; print what to paste into Vapi.",
+    epilog=SERVE_EPILOG,
+)(serve)
 
 
 @app.command()

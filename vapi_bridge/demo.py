@@ -35,6 +35,9 @@ class DemoStream:
     def close(self) -> None:
         self._closed.set()
 
+    def abort(self) -> None:
+        self._closed.set()
+
 
 class DemoUpstream:
     """Answers like SambaNova would, from rules instead of a model."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vapi_bridge.errors import ConfigError
+from vapi_bridge.reply import Reply
 
 
 @dataclass
@@ -29,19 +30,9 @@ class HookRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class HookReply:
-    """One finished reply: what the caller heard and how long it took."""
-
-    call_id: str | None
-    model: str
-    text: str
-    tool_calls: list[dict[str, Any]]
-    finish_reason: str | None
-    ttft_ms: float | None
-    total_ms: float | None
-    usage: dict[str, Any] | None
-    outcome: str
+# A reply hook receives the finished reply: what the caller heard (``text``, ``tool_calls``),
+# the reasoning they did not hear, timings, usage and ``outcome``.
+HookReply = Reply
 
 
 def load(spec: str) -> Callable[..., Any]:

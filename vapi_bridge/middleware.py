@@ -1,8 +1,9 @@
 """Middleware: what runs before the upstream call, and after a reply, off the hot path.
 
 Before: the system prompt, then each ``--hook`` in order. After: transcripts and each
-``--reply-hook``, on one background thread so the caller never waits for them. With none of
-these set, :func:`build_middleware` returns no callables and the request path is unchanged.
+``--reply-hook``, on one background thread so the caller never waits for them; at shutdown
+that queue is drained within the grace period and what could not run is counted. With none
+of these set, :func:`build_middleware` returns no callables and the request path is unchanged.
 """
 
 from __future__ import annotations
@@ -15,31 +16,44 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vapi_bridge import hooks
-from vapi_bridge.app import OnReply, Prepare, Reply
 from vapi_bridge.errors import HookFailed
-from vapi_bridge.hooks import HookReply, HookRequest
+from vapi_bridge.hooks import HookRequest
 from vapi_bridge.prompt import SystemPrompt
+from vapi_bridge.reply import Reply
 from vapi_bridge.settings import Settings
 from vapi_bridge.transcripts import TranscriptWriter
-from vapi_bridge.translate import FORWARDED_PARAMS, ChatRequest
+from vapi_bridge.translate import FORWARDED_PARAMS, ChatRequest, OnReply, Prepare
 
 log = logging.getLogger("vapi_bridge")
 
 
 class Worker:
-    """Runs after-reply work in order on one daemon thread; :meth:`close` drains it."""
+    """Runs after-reply work in order on one daemon thread, started with the first job."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="vapi-bridge-after", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="vapi-bridge-after", daemon=True
+                )
+                self._thread.start()
         self._queue.put(job)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0) -> int:
+        """Run what is queued for up to ``timeout`` s; returns how many jobs did not run."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return 0
         self._queue.put(None)
-        self._thread.join(timeout)
+        thread.join(timeout)
+        # Still running: the job in hand and those queued behind it (the stop marker excluded).
+        return self._queue.qsize() if thread.is_alive() else 0
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -55,9 +69,14 @@ class Middleware:
     on_reply: OnReply | None = None
     worker: Worker | None = field(default=None, repr=False)
 
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
+    def close(self, timeout: float = 5.0) -> int:
+        """Drain after-reply work; returns how many transcripts/reply hooks were lost."""
+        lost = self.worker.close(timeout) if self.worker is not None else 0
+        if lost:
+            log.warning(
+                "%d transcript line(s) / reply hook call(s) could not run before shutdown", lost
+            )
+        return lost
 
 
 def build_middleware(settings: Settings) -> Middleware:
@@ -138,11 +157,10 @@ def _after_reply(
     writer: TranscriptWriter | None,
     reply_hooks: list[tuple[str, Callable[..., Any]]],
 ) -> None:
-    done = HookReply(call_id=chat_request.call_id, model=chat_request.model, **reply)
     if writer is not None:
-        writer.write(chat_request.params["messages"], done)
+        writer.write(chat_request.params["messages"], reply)
     for spec, hook in reply_hooks:
         try:
-            hook(done)
+            hook(reply)
         except Exception:
             log.exception("reply hook %s failed", spec)

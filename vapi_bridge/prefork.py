@@ -1,46 +1,171 @@
-"""The child side of ``serve --workers N``: gunicorn over the bridge's listening socket.
+"""``serve --workers N`` (POSIX): gunicorn's master and N gthread workers in a child process.
 
-Run as ``python -m vapi_bridge.prefork FD SETTINGS_FILE`` by :class:`server.PreforkServer`.
-Each worker builds its own app (and SambaNova client) after the fork. On SIGTERM a worker
-stops accepting, lets live replies run for the shutdown grace period, then ends the rest
-cleanly (final chunk and ``[DONE]``) so gunicorn never has to cut them.
+One Python process is held near one core by the GIL; worker processes use them all. The
+bridge's own process keeps the main thread (signals, tunnel, panel) and the listening socket,
+which the child inherits as ``fd://``. The child runs in its own session, so a terminal's
+Ctrl-C reaches only the bridge, which then asks gunicorn for a graceful stop.
+
+Both sides live here. The child builds the app once in gunicorn's master (``preload_app``),
+so user hooks are imported once and workers share its pages; the app starts its threads on
+first use, so nothing is lost in the fork. The child reports back through a pipe, one JSON
+object a line: a start-up error (shown as the bridge's own error), and at shutdown how many
+streams each worker had to cut and how many after-reply jobs it lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from vapi_bridge import runner
-from vapi_bridge.settings import from_json
+import httpx
+
+from vapi_bridge import keystore
+from vapi_bridge.errors import ConfigError
+from vapi_bridge.server import listen, local_url
+from vapi_bridge.settings import Settings, from_json, to_json
+
+START_TIMEOUT = 30.0
+
+
+class PreforkServer:
+    """The bridge's side: start the child, check it serves, stop it gracefully."""
+
+    def __init__(self, settings: Settings) -> None:
+        if os.name != "posix":
+            raise OSError("--workers needs a POSIX system (gunicorn); use --workers 1")
+        self._settings = settings
+        self._listener = listen(settings.host, settings.port)
+        self._port = int(self._listener.getsockname()[1])
+        self._settings_file = settings.home / f"workers-{os.getpid()}.json"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reports: Any = None
+        self.lost = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self) -> None:
+        keystore.write_private(self._settings_file, to_json(self._settings))
+        read_end, write_end = os.pipe()
+        fd = self._listener.fileno()
+        try:
+            args = [str(fd), str(write_end), str(self._settings_file)]
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "vapi_bridge.prefork", *args],
+                pass_fds=(fd, write_end),
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_end)
+            self._listener.close()
+        self._reports = os.fdopen(read_end, "r", encoding="utf-8")
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        health = local_url(self._settings.host, self.port) + "/health"
+        deadline = time.monotonic() + START_TIMEOUT
+        # A local URL: never through the environment's proxy.
+        with httpx.Client(trust_env=False, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    error = next((r for r in self._read_reports() if "error" in r), None)
+                    self.stop()
+                    if error is not None:
+                        raise ConfigError(error["error"], hint=error.get("hint", ""))
+                    raise OSError("the worker processes exited at start")
+                try:
+                    client.get(health).raise_for_status()
+                    return
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+        self.stop(grace=0)
+        raise OSError(f"the worker processes did not answer within {START_TIMEOUT:g} s")
+
+    def stop(self, grace: float = 5.0) -> int:
+        """Graceful stop; returns how many live streams the workers had to end early."""
+        with contextlib.suppress(OSError):
+            self._settings_file.unlink()
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(grace + 10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(5)
+        reports = self._read_reports()
+        self.lost = sum(int(r.get("lost", 0)) for r in reports)
+        return sum(int(r.get("cut", 0)) for r in reports)
+
+    def _read_reports(self) -> list[dict[str, Any]]:
+        """Every report the child wrote; the pipe ends when the child and its workers exit."""
+        if self._reports is None:
+            return []
+        with self._reports as pipe:
+            lines = pipe.read().splitlines()
+        self._reports = None
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                report = json.loads(line)
+                if isinstance(report, dict):
+                    out.append(report)
+        return out
 
 
 def main(argv: list[str]) -> None:
+    """The child's side: ``python -m vapi_bridge.prefork LISTEN_FD REPORT_FD SETTINGS_FILE``."""
     from gunicorn.app.base import BaseApplication
 
-    fd, settings_file = int(argv[0]), Path(argv[1])
+    from vapi_bridge import reqlog
+    from vapi_bridge.app import bridge_of, create_app
+    from vapi_bridge.errors import BridgeError
+
+    fd, report_fd, settings_file = int(argv[0]), int(argv[1]), Path(argv[2])
     settings = from_json(settings_file.read_text(encoding="utf-8"))
     settings_file.unlink()  # it holds the keys: gone once read, the workers inherit them
     grace = settings.shutdown_grace
 
+    def report(**fields: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.write(report_fd, (json.dumps(fields) + "\n").encode())
+
     def on_worker_ready(worker: Any) -> None:
-        stopping: threading.Event = worker.wsgi.extensions["vapi_bridge.stopping"]
+        bridge = bridge_of(worker.wsgi)
         previous = signal.getsignal(signal.SIGTERM)
 
+        def end_live_turns() -> None:
+            cut = bridge.end_live_turns()
+            if cut:
+                report(cut=cut)
+
         def on_term(signum: int, frame: Any) -> None:
-            timer = threading.Timer(grace, stopping.set)
+            bridge.draining = True
+            timer = threading.Timer(grace, end_live_turns)
             timer.daemon = True
             timer.start()
             if callable(previous):
                 previous(signum, frame)
 
         signal.signal(signal.SIGTERM, on_term)
+
+    def on_worker_exit(_arbiter: Any, worker: Any) -> None:
+        lost = bridge_of(worker.wsgi).close(grace)
+        if lost:
+            report(lost=lost)
 
     def watch_parent(_arbiter: Any) -> None:
         """Stop gracefully if the bridge process that started us is gone."""
@@ -60,6 +185,7 @@ def main(argv: list[str]) -> None:
                 "workers": settings.workers,
                 "worker_class": "gthread",
                 "threads": 128,
+                "preload_app": True,
                 "graceful_timeout": math.ceil(grace) + 3,
                 "keepalive": 5,
                 "accesslog": None,
@@ -67,14 +193,19 @@ def main(argv: list[str]) -> None:
                 "loglevel": "warning",
                 "proc_name": "vapi-bridge",
                 "post_worker_init": on_worker_ready,
+                "worker_exit": on_worker_exit,
                 "when_ready": watch_parent,
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            runner.setup_logging(settings.log_format)
-            return runner.build_app(settings).app
+            reqlog.setup(settings.log_format)
+            try:
+                return create_app(settings)
+            except BridgeError as exc:
+                report(error=exc.message, hint=exc.hint)
+                os._exit(2)
 
     Workers().run()
 

@@ -15,7 +15,6 @@ from typing import Any
 from vapi_bridge.errors import ConfigError
 
 log = logging.getLogger("vapi_bridge")
-MODES = ("replace", "prepend", "append")
 SYSTEM_ROLES = ("system", "developer")
 
 
@@ -23,10 +22,6 @@ class SystemPrompt:
     """The prompt to apply, from text or from a watched file."""
 
     def __init__(self, *, text: str | None = None, path: Path | None = None, mode: str) -> None:
-        if mode not in MODES:
-            raise ConfigError(
-                f"Unknown system prompt mode '{mode}'.", hint="Use " + ", ".join(MODES)
-            )
         self.mode = mode
         self._path = path
         self._text = text or ""
@@ -39,6 +34,11 @@ class SystemPrompt:
                 raise ConfigError(
                     f"Cannot read the system prompt file {path}: {exc.strerror or exc}.",
                     hint="Check the path given to --system-prompt-file.",
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"The system prompt file {path} is not UTF-8 text.",
+                    hint="Save it as UTF-8 (not UTF-16, not a binary file) and start again.",
                 ) from None
 
     def text(self) -> str:

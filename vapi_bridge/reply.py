@@ -66,14 +66,19 @@ class Reply:
     """One finished reply: what the caller heard, what was held back, and how long it took.
 
     ``reasoning`` is the model's thinking, never spoken but kept for transcripts and hooks.
-    ``outcome`` is ``ok`` for a whole reply, otherwise why it ended early.
+    ``ttft_ms`` is the time to SambaNova's first token, ``ttfs_ms`` the time to the first
+    character the caller hears. ``outcome`` is ``ok`` for a whole reply, otherwise why it
+    ended early.
     """
 
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
     ttft_ms: float | None = None
+    ttfs_ms: float | None = None
     total_ms: float | None = None
     usage: dict[str, Any] | None = None
     outcome: str = "ok"
     reasoning: str = ""
+    call_id: str | None = None
+    model: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ class RequestRecord:
     model: str | None = None
     stream: bool = False
     ttft_ms: float | None = None
+    ttfs_ms: float | None = None
+    think_ms: float | None = None
     total_ms: float | None = None
     chunks: int = 0
     prompt_tokens: int | None = None
@@ -49,7 +52,19 @@ class RequestRecord:
     error: str | None = None
 
     def first_token(self) -> None:
-        self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        """SambaNova's first token (chunk) arrived now."""
+        self.ttft_ms = self._since_start(time.perf_counter())
+
+    def first_speech(self) -> None:
+        """The first character the caller will hear is going out now."""
+        self.ttfs_ms = self._since_start(time.perf_counter())
+
+    def first_speech_at(self, when: float | None) -> None:
+        if when is not None:
+            self.ttfs_ms = self._since_start(when)
+
+    def _since_start(self, when: float) -> float:
+        return round((when - self.started) * 1000, 1)
 
     def usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
@@ -77,6 +92,10 @@ class RequestRecord:
             parts.append("stream")
         if self.ttft_ms is not None:
             parts.append(f"ttft={self.ttft_ms:.0f}ms")
+        if self.ttfs_ms is not None:
+            parts.append(f"ttfs={self.ttfs_ms:.0f}ms")
+        if self.think_ms is not None:
+            parts.append(f"think={self.think_ms:.0f}ms")
         parts.append(f"total={self.total_ms:.0f}ms")
         if self.stream:
             parts.append(f"chunks={self.chunks}")
@@ -87,3 +106,13 @@ class RequestRecord:
         if self.error:
             parts.append(f'error="{self.error}"')
         return " ".join(parts)
+
+
+def setup(log_format: str) -> None:
+    """Request lines and warnings on stderr, unbuffered, plain (no colour codes in logs)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("vapi_bridge")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False

@@ -1,6 +1,6 @@
 """``serve``: wire settings, upstream, app, server and tunnel together, and stop in order.
 
-Start-up: build the upstream, bind the server, open the tunnel (failure is reported, local
+Start-up: build the app, bind the server, open the tunnel (failure is reported, local
 serving goes on), print what to paste into Vapi, record where the bridge listens. Stop (first
 Ctrl-C / SIGTERM): stop accepting, let live streams finish, close the tunnel and its agent,
 remove the state file. stdout carries only the URL; everything else goes to stderr.
@@ -8,10 +8,9 @@ remove the state file. stdout carries only the URL; everything else goes to stde
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -23,91 +22,74 @@ from vapi_bridge.errors import ConfigError, TunnelError
 from vapi_bridge.server import local_url
 
 if TYPE_CHECKING:
-    from flask import Flask
-
-    from vapi_bridge.middleware import Middleware
+    from vapi_bridge.app import Bridge
     from vapi_bridge.settings import Settings
     from vapi_bridge.tunnel import Tunnel
-    from vapi_bridge.upstream import Upstream
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@dataclass
-class Built:
-    """The app and what it holds open, built in the process that serves it."""
-
-    app: Flask
-    upstream: Upstream
-    middleware: Middleware
-    closed: bool = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.upstream.close()
-            self.middleware.close()
-
-
-def build_app(settings: Settings) -> Built:
-    """The WSGI app for these settings (in this process, or in each worker process)."""
-    from vapi_bridge.app import create_app
-    from vapi_bridge.middleware import build_middleware
-
-    middleware = build_middleware(settings)
-    upstream = _upstream(settings)
-    app = create_app(settings, upstream, prepare=middleware.prepare, on_reply=middleware.on_reply)
-    return Built(app, upstream, middleware)
 
 
 def serve(settings: Settings, console: Console) -> None:
     """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
     from vapi_bridge import server
 
-    # Built here in both modes, so a missing key, hook or prompt file is reported here; worker
-    # processes build their own and this one is closed.
-    built = build_app(settings)
-    bridge: server.Server
+    # One process builds its app here; --workers builds it once in its own child, which
+    # reports a bad key, hook or prompt file back as the same error.
+    bridge: Bridge | None = None
     try:
         if settings.workers > 1:
-            built.close()
-            bridge = server.PreforkServer(settings)
+            from vapi_bridge.prefork import PreforkServer
+
+            http: server.Server = PreforkServer(settings)
         else:
-            bridge = server.BridgeServer(built.app, settings.host, settings.port)
+            from vapi_bridge.app import bridge_of, create_app
+
+            app = create_app(settings)
+            bridge = bridge_of(app)
+            http = server.BridgeServer(app, settings.host, settings.port, bridge.end_live_turns)
     except OSError as exc:
-        built.close()
+        if bridge is not None:
+            bridge.close(0)
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
             hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
         ) from None
     with server.stop_signals() as stop:
         try:
-            bridge.start()
+            http.start()
         except OSError as exc:
             raise ConfigError(
                 f"The bridge could not start: {exc}.",
                 hint="Check the log above; try --workers 1.",
             ) from None
-        tunnel, tunnel_error = _open_tunnel(settings, bridge.port, console)
+        tunnel, tunnel_error = _open_tunnel(settings, http.port, console)
         try:
             state.write(
                 settings.home,
                 pid=os.getpid(),
-                local_url=local_url(settings.host, bridge.port),
+                local_url=local_url(settings.host, http.port),
                 public_url=tunnel.public_url if tunnel is not None else None,
                 secret=settings.secret,
             )
-            _announce(settings, bridge.port, tunnel, tunnel_error, console)
+            _announce(settings, http.port, tunnel, tunnel_error, console)
             server.wait(stop)
             console.print("[dim]Stopping: finishing live replies...[/]")
-            cut = bridge.stop(settings.shutdown_grace)
+            if bridge is not None:
+                bridge.draining = True
+            cut = http.stop(settings.shutdown_grace)
             if cut:
                 console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
         finally:
+            lost = bridge.close(settings.shutdown_grace) if bridge is not None else 0
+            lost += getattr(http, "lost", 0)
+            if lost:
+                console.print(
+                    f"[yellow]{lost} transcript line(s) or reply hook call(s) did not run "
+                    "before shutdown.[/]"
+                )
             if tunnel is not None:
                 tunnel.close()
             state.remove(settings.home)
-            built.close()
     console.print("[dim]vapi-bridge stopped.[/]")
 
 
@@ -124,26 +106,6 @@ def complete_settings(settings: Settings) -> Settings:
 
         changes["ngrok_authtoken"] = stored_ngrok_token()
     return replace(settings, **changes) if changes else settings
-
-
-def _upstream(settings: Settings) -> Upstream:
-    if settings.demo:
-        from vapi_bridge.demo import DemoUpstream
-
-        return DemoUpstream()
-    if not settings.api_key:
-        raise ConfigError(
-            "No SambaNova API key.",
-            hint="Run `vapi-bridge configure-key`, set SAMBANOVA_API_KEY, "
-            "or try the offline model with `vapi-bridge serve --demo`.",
-        )
-    from vapi_bridge.upstream import SambaNovaUpstream
-
-    return SambaNovaUpstream(
-        api_key=settings.api_key,
-        base_url=settings.base_url,
-        first_token_timeout=settings.upstream_timeout,
-    )
 
 
 def _open_tunnel(
@@ -213,13 +175,3 @@ def _announce(
     if url:
         sys.stdout.write(url + "\n")
         sys.stdout.flush()
-
-
-def setup_logging(log_format: str) -> None:
-    """Request lines and warnings on stderr, unbuffered, plain (no colour codes in logs)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("vapi_bridge")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
-
-import httpx
-
-from vapi_bridge import keystore
-from vapi_bridge.settings import Settings, to_json
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -50,7 +41,7 @@ def local_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """Bind here so a busy port raises OSError for the caller to explain."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=128)
@@ -82,7 +73,7 @@ class InFlight:
 class BridgeServer:
     """A bound, threaded HTTP server for the bridge app."""
 
-    def __init__(self, app: Flask, host: str, port: int) -> None:
+    def __init__(self, app: Flask, host: str, port: int, end_live_turns: Callable[[], int]) -> None:
         from werkzeug.serving import WSGIRequestHandler, make_server
 
         class NoDelayHandler(WSGIRequestHandler):
@@ -118,10 +109,10 @@ class BridgeServer:
 
         # werkzeug's per-request access log would duplicate the bridge's own request log.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._stopping: threading.Event = app.extensions["vapi_bridge.stopping"]
+        self._end_live_turns = end_live_turns
         inflight = self._inflight = InFlight()
         # werkzeug would print its own message and exit the process on a busy port.
-        listener = _listen(host, port)
+        listener = listen(host, port)
         try:
             self._server = make_server(
                 host, port, app, threaded=True, request_handler=NoDelayHandler, fd=listener.fileno()
@@ -152,71 +143,9 @@ class BridgeServer:
         self._server.server_close()
         if self._inflight.wait_idle(grace):
             return 0
-        cut = self._inflight.count
-        self._stopping.set()
+        cut = self._end_live_turns()
         self._inflight.wait_idle(2.0)
         return cut
-
-
-class PreforkServer:
-    """``serve --workers N`` (POSIX): gunicorn's master and N gthread workers in a child process.
-
-    One Python process is held near one core by the GIL; worker processes use them all. This
-    process keeps the main thread (signals, tunnel, panel) and the listening socket, which the
-    child inherits as ``fd://``. The child runs in its own session, so a Ctrl-C reaches only
-    this process, which then asks gunicorn for a graceful stop.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        if os.name != "posix":
-            raise OSError("--workers needs a POSIX system (gunicorn); use --workers 1")
-        self._settings = settings
-        self._listener = _listen(settings.host, settings.port)
-        self._port = int(self._listener.getsockname()[1])
-        self._settings_file = settings.home / f"workers-{os.getpid()}.json"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def start(self) -> None:
-        keystore.write_private(self._settings_file, to_json(self._settings))
-        fd = self._listener.fileno()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vapi_bridge.prefork", str(fd), str(self._settings_file)],
-            pass_fds=(fd,),
-            start_new_session=True,
-        )
-        self._listener.close()
-        health = local_url(self._settings.host, self.port) + "/health"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self.stop()
-                raise OSError("the worker processes exited at start")
-            try:
-                httpx.get(health, timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        self.stop(grace=0)
-        raise OSError("the worker processes did not answer within 30 s")
-
-    def stop(self, grace: float = 5.0) -> int:
-        """Graceful stop: workers finish or cleanly end live streams, then exit."""
-        with contextlib.suppress(OSError):
-            self._settings_file.unlink()
-        if self._proc is None or self._proc.poll() is not None:
-            return 0
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(grace + 10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(5)
-        return 0
 
 
 @contextlib.contextmanager

@@ -1,38 +1,503 @@
-"""One frozen settings object, resolved as: command-line flag > environment > stored > default.
+"""One validated settings value, from command-line flag > environment > stored config > default.
 
-The CLI gathers the three sources and calls :func:`resolve`; nothing else reads the
-environment, so tests and users can reason about where a value came from.
+Each setting is declared once, as a field of :class:`Settings` carrying an :class:`Option`: its
+flag, environment variables, stored-config key, help group and the one parser that validates
+it. The CLI builds ``serve``'s options from these declarations, :func:`load` runs every source
+through the same parser, and :func:`overlay` does the same for a profile that overrides part of
+the settings for one request. No other module reads the environment for configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from vapi_bridge.errors import ConfigError
 
 APP_NAME = "vapi-bridge"
 DEFAULT_MODEL = "Meta-Llama-3.3-70B-Instruct"
 DEFAULT_BASE_URL = "https://api.sambanova.ai/v1"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
-DEFAULT_UPSTREAM_TIMEOUT = 15.0
 DEFAULT_TUNNEL_TIMEOUT = 20.0
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
+MIN_SECRET_LENGTH = 16
+# Vapi waits model.timeoutSeconds (default 20) for the first token, then ends the call.
+VAPI_TIMEOUT = 20.0
 
-# Each setting: (environment variables, in order of preference; key in the stored config).
-SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "api_key": (("SAMBANOVA_API_KEY",), "sambanova_api_key"),
-    "base_url": (("SAMBANOVA_BASE_URL", "SAMBA_NOVA_BASE_URL"), None),
-    "secret": (("VAPI_BRIDGE_SECRET",), "bridge_secret"),
-    "model": (("VAPI_BRIDGE_MODEL",), None),
-    "ngrok_authtoken": (("NGROK_AUTHTOKEN",), "ngrok_authtoken"),
-    "ngrok_path": (("PYNGROK_NGROK_PATH",), None),
-    "domain": (("VAPI_BRIDGE_DOMAIN",), None),
-}
+VAPI = "Vapi and auth"
+UPSTREAM = "Upstream (SambaNova)"
+TUNNEL = "Tunnel (ngrok)"
+MIDDLEWARE = "Middleware"
+SERVER = "Server"
+GROUPS = (VAPI, UPSTREAM, TUNNEL, MIDDLEWARE, SERVER)
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class PromptMode(enum.StrEnum):
+    REPLACE = "replace"
+    PREPEND = "prepend"
+    APPEND = "append"
+
+
+Parse = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is given: flag, environment, stored key, and its validating parser.
+
+    ``parse`` takes a value as any source gives it (a string from the environment, a typed
+    value from a flag or JSON) and returns the typed value or raises ``ValueError`` saying
+    what is wrong, without repeating the value (it may be a secret).
+    """
+
+    parse: Parse
+    help: str = ""
+    group: str = SERVER
+    flag: str | None = None
+    env: tuple[str, ...] = ()
+    stored: str | None = None
+    metavar: str | None = None
+    secret: bool = False
+
+
+def option(default: Any, **spec: Any) -> Any:
+    """A :class:`Settings` field with its declaration attached."""
+    return field(default=default, metadata={"option": Option(**spec)}, repr=not spec.get("secret"))
+
+
+def _text(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _url(value: Any) -> str:
+    text = _text(value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL, e.g. https://api.sambanova.ai/v1")
+    return text.rstrip("/")
+
+
+def _number(low: float, high: float) -> Parse:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number from {low:g} to {high:g}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be from {low:g} to {high:g}")
+        return number
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Parse:
+    def parse(value: Any) -> int:
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        if isinstance(number, bool) or not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _switch(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(kind: type[enum.StrEnum]) -> Parse:
+    def parse(value: Any) -> enum.StrEnum:
+        try:
+            return kind(str(getattr(value, "value", value)).strip().lower())
+        except ValueError:
+            raise ValueError("must be one of " + ", ".join(m.value for m in kind)) from None
+
+    return parse
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value)).expanduser()
+
+
+def _optional(parse: Parse) -> Parse:
+    """``None`` stays unset; anything else must pass ``parse``."""
+    return lambda value: None if value is None else parse(value)
+
+
+def _secret_key(value: Any) -> str:
+    key = str(value).strip()
+    if len(key) < MIN_SECRET_LENGTH or any(c.isspace() for c in key):
+        raise ValueError(
+            f"must be at least {MIN_SECRET_LENGTH} characters with no spaces: the bridge key "
+            "guards your SambaNova quota behind a public URL"
+        )
+    return key
+
+
+def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = value.split(",") if isinstance(value, str) else value
+    out = []
+    for pair in pairs:
+        if isinstance(pair, list | tuple) and len(pair) == 2:
+            name, target = str(pair[0]), str(pair[1])
+        else:
+            name, sep, target = str(pair).partition("=")
+            if not sep:
+                raise ValueError(f"'{pair}' is not NAME=MODEL")
+        if not name.strip() or not target.strip():
+            raise ValueError(f"'{pair}' is not NAME=MODEL")
+        out.append((name.strip(), target.strip()))
+    return tuple(out)
+
+
+def _hook_specs(value: Any) -> tuple[str, ...]:
+    specs = value.split(",") if isinstance(value, str) else value
+    out = []
+    for spec in specs:
+        module, sep, function = str(spec).strip().partition(":")
+        if not sep or not module or not function:
+            raise ValueError(f"'{spec}' is not module:function (example: my_hooks:add_date)")
+        out.append(f"{module}:{function}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``serve`` needs, already resolved and validated."""
+
+    home: Path = field(default_factory=lambda: home_dir())
+    # Vapi and auth
+    secret: str | None = option(
+        None,
+        parse=_optional(_secret_key),
+        help="Bridge key Vapi must send (default: the stored random key).",
+        group=VAPI,
+        flag="--secret",
+        env=("VAPI_BRIDGE_SECRET",),
+        stored="bridge_secret",
+        metavar="KEY",
+        secret=True,
+    )
+    no_auth: bool = option(
+        False,
+        parse=_switch,
+        help="Accept requests without a bridge key (unsafe behind a tunnel).",
+        group=VAPI,
+        flag="--no-auth",
+    )
+    model: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="Force this model for every request, whatever Vapi sends.",
+        group=VAPI,
+        flag="--model",
+        env=("VAPI_BRIDGE_MODEL",),
+        metavar="MODEL",
+    )
+    model_map: tuple[tuple[str, str], ...] = option(
+        (),
+        parse=_model_map,
+        help="Route a model name Vapi sends to a SambaNova model. Repeatable.",
+        group=VAPI,
+        flag="--model-map",
+        metavar="NAME=MODEL",
+    )
+    default_model: str = option(DEFAULT_MODEL, parse=_text)
+    # Upstream
+    api_key: str | None = option(
+        None,
+        parse=_optional(_text),
+        env=("SAMBANOVA_API_KEY",),
+        stored="sambanova_api_key",
+        secret=True,
+    )
+    base_url: str = option(
+        DEFAULT_BASE_URL,
+        parse=_url,
+        help="SambaNova API base URL (any OpenAI-compatible API).",
+        group=UPSTREAM,
+        flag="--base-url",
+        env=("SAMBANOVA_BASE_URL", "SAMBA_NOVA_BASE_URL"),
+        metavar="URL",
+    )
+    upstream_timeout: float = option(
+        15.0,
+        parse=_number(0.5, 120),
+        help="Seconds a turn may wait for SambaNova's first token, retries included.",
+        group=UPSTREAM,
+        flag="--upstream-timeout",
+        metavar="SECONDS",
+    )
+    stall_timeout: float = option(
+        10.0,
+        parse=_number(0.5, 120),
+        help="Seconds without data after the first token before a stream counts as stalled.",
+        group=UPSTREAM,
+        flag="--stall-timeout",
+        metavar="SECONDS",
+    )
+    demo: bool = option(
+        False,
+        parse=_switch,
+        help="Use the built-in offline model: no SambaNova key, no SambaNova traffic.",
+        group=UPSTREAM,
+        flag="--demo",
+    )
+    # Tunnel
+    tunnel: bool = option(
+        True,
+        parse=_switch,
+        help="Open an ngrok tunnel so Vapi can reach this machine.",
+        group=TUNNEL,
+        flag="--tunnel/--no-tunnel",
+    )
+    ngrok_authtoken: str | None = option(
+        None,
+        parse=_optional(_text),
+        env=("NGROK_AUTHTOKEN",),
+        stored="ngrok_authtoken",
+        secret=True,
+    )
+    ngrok_path: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="The ngrok agent binary (default: ngrok on PATH, else pyngrok's own).",
+        group=TUNNEL,
+        flag="--ngrok-path",
+        env=("PYNGROK_NGROK_PATH",),
+        metavar="FILE",
+    )
+    domain: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="Your reserved ngrok domain.",
+        group=TUNNEL,
+        flag="--domain",
+        env=("VAPI_BRIDGE_DOMAIN",),
+        metavar="DOMAIN",
+    )
+    tunnel_timeout: float = option(
+        DEFAULT_TUNNEL_TIMEOUT,
+        parse=_number(0.5, 300),
+        help="Seconds to wait for the ngrok agent.",
+        group=TUNNEL,
+        flag="--tunnel-timeout",
+        metavar="SECONDS",
+    )
+    # Middleware
+    system_prompt: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="System prompt to apply to every request.",
+        group=MIDDLEWARE,
+        flag="--system-prompt",
+        metavar="TEXT",
+    )
+    system_prompt_file: Path | None = option(
+        None,
+        parse=_optional(_path),
+        help="File holding the system prompt (UTF-8); re-read when it changes.",
+        group=MIDDLEWARE,
+        flag="--system-prompt-file",
+        metavar="FILE",
+    )
+    system_prompt_mode: PromptMode = option(
+        PromptMode.REPLACE,
+        parse=_choice(PromptMode),
+        help="How the prompt meets the assistant's own system message.",
+        group=MIDDLEWARE,
+        flag="--system-prompt-mode",
+    )
+    hooks: tuple[str, ...] = option(
+        (),
+        parse=_hook_specs,
+        help="Request hook run before each upstream call. Repeatable.",
+        group=MIDDLEWARE,
+        flag="--hook",
+        metavar="MODULE:FUNC",
+    )
+    reply_hooks: tuple[str, ...] = option(
+        (),
+        parse=_hook_specs,
+        help="Hook called with each finished reply, off the caller's path. Repeatable.",
+        group=MIDDLEWARE,
+        flag="--reply-hook",
+        metavar="MODULE:FUNC",
+    )
+    transcript_dir: Path | None = option(
+        None,
+        parse=_optional(_path),
+        help="Write one JSON Lines transcript per Vapi call into this folder.",
+        group=MIDDLEWARE,
+        flag="--transcript-dir",
+        metavar="DIR",
+    )
+    # Server
+    host: str = option(
+        DEFAULT_HOST,
+        parse=_text,
+        help="Interface to listen on (0.0.0.0: every interface).",
+        group=SERVER,
+        flag="--host",
+        metavar="HOST",
+    )
+    port: int = option(
+        DEFAULT_PORT,
+        parse=_integer(0, 65535),
+        help="Port to listen on (0: any free port).",
+        group=SERVER,
+        flag="--port",
+        metavar="PORT",
+    )
+    workers: int = option(
+        1,
+        parse=_integer(1, 64),
+        help="Worker processes (POSIX, gunicorn); 1 serves from this process.",
+        group=SERVER,
+        flag="--workers",
+        metavar="N",
+    )
+    shutdown_grace: float = option(
+        5.0,
+        parse=_number(0, 600),
+        help="Seconds live replies get to finish when the bridge stops.",
+        group=SERVER,
+        flag="--shutdown-grace",
+        metavar="SECONDS",
+    )
+    max_body: int = option(
+        4 * 1024 * 1024,
+        parse=_integer(1024, 1 << 30),
+        help="Largest request body accepted, in bytes.",
+        group=SERVER,
+        flag="--max-body",
+        metavar="BYTES",
+    )
+    log_format: LogFormat = option(
+        LogFormat.TEXT,
+        parse=_choice(LogFormat),
+        help="Request log format on stderr.",
+        group=SERVER,
+        flag="--log-format",
+    )
+
+
+def options() -> list[tuple[dataclasses.Field[Any], Option]]:
+    """Every declared setting with its declaration, in declaration order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(Settings) if f.metadata]
+
+
+# Flags that make no sense together: (flag name, its value when set) pairs.
+CONFLICTS: tuple[tuple[tuple[str, Any], tuple[str, Any], str], ...] = (
+    (("no_auth", True), ("secret", None), "--no-auth turns the key off; --secret sets one"),
+    (("tunnel", False), ("domain", None), "--domain names a tunnel URL; --no-tunnel opens none"),
+    (("tunnel", False), ("tunnel_timeout", None), "--no-tunnel opens no tunnel to wait for"),
+    (("tunnel", False), ("ngrok_path", None), "--no-tunnel runs no ngrok agent"),
+    (("system_prompt", None), ("system_prompt_file", None), "give the prompt one way"),
+    (("demo", True), ("base_url", None), "--demo sends nothing to SambaNova"),
+)
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    stored: Mapping[str, Any],
+    *,
+    home: Path,
+) -> Settings:
+    """Resolve and validate every setting; ``flags`` holds only the flags actually given.
+
+    Raises :class:`ConfigError` naming the source (flag, variable or stored key) of a bad
+    value, and for contradictory flags.
+    """
+    _check_conflicts(flags)
+    values: dict[str, Any] = {"home": home}
+    for f, spec in options():
+        source, raw = _source(f.name, spec, flags, env, stored)
+        if source is None:
+            continue
+        values[f.name] = _parse(spec, raw, source)
+    return Settings(**values)
+
+
+def overlay(base: Settings, changes: Mapping[str, Any], source: str) -> Settings:
+    """``base`` with some settings replaced (a profile), through the same validation."""
+    specs = _specs()
+    parsed: dict[str, Any] = {}
+    for name, raw in changes.items():
+        if name not in specs:
+            known = ", ".join(sorted(specs))
+            raise ConfigError(f"{source}: unknown setting '{name}'.", hint=f"Known: {known}.")
+        parsed[name] = _parse(specs[name], raw, f"{source}: {name}")
+    return dataclasses.replace(base, **parsed)
+
+
+def to_json(settings: Settings) -> str:
+    """Plain JSON for the worker processes of ``serve --workers`` (written to a 0600 file)."""
+    data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+    return json.dumps(data, default=str)
+
+
+def from_json(text: str) -> Settings:
+    """The inverse of :func:`to_json`, through the same parsers."""
+    data = json.loads(text)
+    home = Path(data.pop("home"))
+    values = {f.name: spec.parse(data[f.name]) for f, spec in options() if f.name in data}
+    return Settings(home=home, **values)
+
+
+def _specs() -> dict[str, Option]:
+    return {f.name: spec for f, spec in options()}
+
+
+def pick(
+    name: str, flag: Any, env: Mapping[str, str], stored: Mapping[str, Any], default: Any = None
+) -> Any:
+    """One setting outside ``serve`` (``configure-key``, ``test``), by the same precedence and
+    validation as :func:`load`; ``default`` when no source gives it."""
+    spec = _specs()[name]
+    source, raw = _source(name, spec, {name: flag}, env, stored)
+    return default if source is None else _parse(spec, raw, source)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """Settings that are valid but probably not what the user wants."""
+    out = []
+    if settings.upstream_timeout >= VAPI_TIMEOUT:
+        out.append(
+            f"--upstream-timeout {settings.upstream_timeout:g} is not under Vapi's default "
+            f"{VAPI_TIMEOUT:g} s: Vapi may end the call before the bridge answers. Raise "
+            "the assistant's model.timeoutSeconds in Vapi too, or keep this under 20."
+        )
+    return out
 
 
 def home_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -42,7 +507,7 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
     Windows ``%APPDATA%\\vapi-bridge``.
     """
     env = os.environ if env is None else env
-    override = env.get("VAPI_BRIDGE_HOME")
+    override = env.get("VAPI_BRIDGE_HOME", "").strip()
     if override:
         return Path(override).expanduser()
     import click
@@ -50,78 +515,71 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(click.get_app_dir(APP_NAME))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything ``serve`` needs, already resolved."""
-
-    home: Path
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_key: str | None = field(default=None, repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    model: str | None = None
-    default_model: str = DEFAULT_MODEL
-    secret: str | None = field(default=None, repr=False)
-    no_auth: bool = False
-    demo: bool = False
-    tunnel: bool = True
-    ngrok_path: str | None = None
-    ngrok_authtoken: str | None = field(default=None, repr=False)
-    domain: str | None = None
-    tunnel_timeout: float = DEFAULT_TUNNEL_TIMEOUT
-    shutdown_grace: float = 5.0
-    workers: int = 1
-    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
-    max_body: int = DEFAULT_MAX_BODY
-    log_format: str = "text"
-    model_map: tuple[tuple[str, str], ...] = ()
-    system_prompt: str | None = None
-    system_prompt_file: Path | None = None
-    system_prompt_mode: str = "replace"
-    hooks: tuple[str, ...] = ()
-    reply_hooks: tuple[str, ...] = ()
-    transcript_dir: Path | None = None
+def environment() -> dict[str, str]:
+    """A snapshot of the process environment: the one place configuration reads it."""
+    return dict(os.environ)
 
 
-def to_json(settings: Settings) -> str:
-    """Serialise for the worker processes of ``serve --workers`` (written to a 0600 file)."""
-    return json.dumps(dataclasses.asdict(settings), default=str)
+def _source(
+    name: str,
+    spec: Option,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    stored: Mapping[str, Any],
+) -> tuple[str | None, Any]:
+    if name in flags and flags[name] is not None:
+        return (spec.flag or name).split("/")[0], flags[name]
+    for variable in spec.env:
+        if env.get(variable, "").strip():
+            return variable, env[variable]
+    if spec.stored is not None and stored.get(spec.stored) not in (None, ""):
+        return f"the stored '{spec.stored}'", stored[spec.stored]
+    return None, None
 
 
-def from_json(text: str) -> Settings:
-    data = json.loads(text)
-    for name in ("home", "system_prompt_file", "transcript_dir"):
-        if data.get(name) is not None:
-            data[name] = Path(data[name])
-    data["model_map"] = tuple(tuple(pair) for pair in data["model_map"])
-    data["hooks"] = tuple(data["hooks"])
-    data["reply_hooks"] = tuple(data["reply_hooks"])
-    return Settings(**data)
+def _parse(spec: Option, raw: Any, source: str) -> Any:
+    try:
+        return spec.parse(raw)
+    except ValueError as exc:
+        shown = "" if spec.secret else f" '{_short(raw)}'"
+        raise ConfigError(
+            f"{source}{shown} {exc}.",
+            hint=_hint(source),
+        ) from None
 
 
-def pick(
-    name: str, flag: Any, env: Mapping[str, str], stored: Mapping[str, Any], default: Any = None
-) -> Any:
-    """The value of one setting by precedence: flag, environment, stored config, default."""
-    if flag is not None:
-        return flag
-    env_names, stored_key = SOURCES.get(name, ((), None))
-    for env_name in env_names:
-        if env.get(env_name):
-            return env[env_name]
-    if stored_key is not None and stored.get(stored_key):
-        return stored[stored_key]
-    return default
+def _short(raw: Any) -> str:
+    text = ", ".join(map(str, raw)) if isinstance(raw, list | tuple) else str(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def resolve(
-    flags: Mapping[str, Any], env: Mapping[str, str], stored: Mapping[str, Any]
-) -> Settings:
-    """Build :class:`Settings` from the three sources; unset flags are ``None``."""
-    values = {k: v for k, v in flags.items() if v is not None and k not in SOURCES}
-    for name in SOURCES:
-        value = pick(name, flags.get(name), env, stored)
-        if value is not None:
-            values[name] = value
-    values.setdefault("home", home_dir(env))
-    return Settings(**values)
+def _hint(source: str) -> str:
+    if source.startswith("--"):
+        return f"Fix {source}; `vapi-bridge serve --help` lists every option."
+    if source.startswith("the stored"):
+        return "Fix it with `vapi-bridge configure-key`, or edit the stored config."
+    return f"Fix or unset the environment variable {source.split(':')[0]}."
+
+
+def _check_conflicts(flags: Mapping[str, Any]) -> None:
+    def given(name: str, value: Any) -> bool:
+        if name not in flags or flags[name] is None:
+            return False
+        return value is None or flags[name] == value
+
+    for (first, first_value), (second, second_value), why in CONFLICTS:
+        if given(first, first_value) and given(second, second_value):
+            raise ConfigError(
+                f"{_flag(first, first_value)} and {_flag(second, second_value)} "
+                f"contradict each other: {why}.",
+                hint="Drop one of them.",
+            )
+
+
+def _flag(name: str, value: Any) -> str:
+    decls = (_specs()[name].flag or name).split("/")
+    return decls[1] if value is False and len(decls) > 1 else decls[0]
+
+
+# Where each setting may come from besides its flag: (environment variables, stored key).
+SOURCES = {name: (spec.env, spec.stored) for name, spec in _specs().items()}

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from vapi_bridge.hooks import HookReply
+from vapi_bridge.errors import ConfigError
 from vapi_bridge.keystore import ensure_private_dir
+from vapi_bridge.reply import Reply
 from vapi_bridge.translate import message_text
 
 _PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
@@ -65,22 +67,32 @@ class TranscriptWriter:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        ensure_private_dir(directory)
+        try:
+            ensure_private_dir(directory)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot write transcripts to {directory}: {exc.strerror or exc}.",
+                hint="Pass --transcript-dir a folder you can write to (it is created if missing).",
+            ) from None
 
     def path_for(self, call_id: str | None) -> Path:
         name = _SAFE_NAME.sub("", call_id or "")[:64] or "no-call-id"
         return self.directory / f"{name}.jsonl"
 
-    def write(self, messages: list[dict[str, Any]], reply: HookReply) -> None:
+    def write(self, messages: list[dict[str, Any]], reply: Reply) -> None:
         line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "call_id": reply.call_id,
             "model": reply.model,
             "caller": new_turn(messages),
             "reply": mask_phones(reply.text),
-            "tool_calls": reply.tool_calls,
+            "reasoning": mask_phones(reply.reasoning) if reply.reasoning else None,
+            "tool_calls": [call.as_dict() for call in reply.tool_calls],
             "finish_reason": reply.finish_reason,
             "ttft_ms": reply.ttft_ms,
+            "ttfs_ms": reply.ttfs_ms,
             "total_ms": reply.total_ms,
             "usage": reply.usage,
             "outcome": reply.outcome,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vapi_bridge.errors import InvalidRequest
+from vapi_bridge.reply import Reply
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
@@ -65,6 +66,11 @@ class ChatRequest:
     @property
     def model(self) -> str:
         return str(self.params["model"])
+
+
+# The middleware seams: change a request before it goes upstream; see a finished reply.
+Prepare = Callable[[ChatRequest], ChatRequest]
+OnReply = Callable[[ChatRequest, Reply], None]
 
 
 def translate(

@@ -5,12 +5,17 @@ in silence, so the client is built with ``max_retries=0`` and this module retrie
 before the first byte, and only while the first-token deadline leaves room. Streams are read
 as raw SSE lines (``with_streaming_response``), so each chunk is parsed once with ``json``
 instead of being validated into a model and serialised again.
+
+The first-token deadline and the between-chunk stall limit are enforced by the turn's
+watchdog, which calls :meth:`ChunkStream.abort`; the read timeout here is only a backstop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -19,6 +24,7 @@ import httpx
 
 from vapi_bridge import sse
 from vapi_bridge.errors import (
+    ConfigError,
     InBandError,
     UpstreamError,
     UpstreamStreamBroken,
@@ -28,6 +34,8 @@ from vapi_bridge.settings import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
     from sambanova import APIStatusError, SambaNova
+
+    from vapi_bridge.settings import Settings
 
 log = logging.getLogger("vapi_bridge")
 T = TypeVar("T")
@@ -40,6 +48,9 @@ class ChunkStream(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
+
+    def abort(self) -> None:
+        """From any thread: make a read that is waiting for data return at once."""
 
 
 class Upstream(Protocol):
@@ -61,6 +72,7 @@ class SambaNovaUpstream:
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
         first_token_timeout: float = 15.0,
+        stall_timeout: float = 10.0,
         connect_timeout: float = 3.0,
         max_retries: int = 2,
     ) -> None:
@@ -68,6 +80,7 @@ class SambaNovaUpstream:
 
         self.base_url = base_url
         self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
         http_client = httpx.Client(
@@ -90,7 +103,12 @@ class SambaNovaUpstream:
 
         def attempt(timeout: httpx.Timeout) -> ChunkStream:
             context = self._create(**_sdk_args(params), timeout=timeout)
-            return SSEStream(context, context.__enter__(), self.first_token_timeout)
+            response = context.__enter__()
+            # The headers are in; the body's reads get the backstop timeout (httpcore reads
+            # this value when the body starts), the watchdog enforces the real limits.
+            backstop = max(self.first_token_timeout, self.stall_timeout) + 1
+            response.http_response.request.extensions["timeout"]["read"] = backstop
+            return SSEStream(context, response)
 
         return self._attempts(params, attempt)
 
@@ -106,7 +124,7 @@ class SambaNovaUpstream:
                 raise UpstreamError(
                     "SambaNova answered with a body that is not JSON.",
                     hint="Check --base-url: it must be an OpenAI-compatible API.",
-                    upstream_status=502,
+                    code="upstream_bad_response",
                 ) from None
 
         return self._attempts(params, attempt)
@@ -217,10 +235,9 @@ def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
 class SSEStream:
     """Reads SambaNova's SSE lines and yields each event's JSON; closing drops the connection."""
 
-    def __init__(self, context: Any, response: Any, stall_timeout: float) -> None:
+    def __init__(self, context: Any, response: Any) -> None:
         self._context = context
         self._response = response
-        self._stall_timeout = stall_timeout
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -239,14 +256,43 @@ class SSEStream:
                 yield parsed
         except httpx.TimeoutException:
             raise UpstreamStreamBroken(
-                f"SambaNova stalled: no data for {self._stall_timeout:g}s.",
-                upstream_status=504,
+                "SambaNova stopped sending data mid-stream.", upstream_status=504
             ) from None
         except httpx.HTTPError:
             raise UpstreamStreamBroken("The connection to SambaNova dropped mid-stream.") from None
 
     def close(self) -> None:
         self._context.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Shut the socket down: unlike close(), that wakes a read blocked in another thread."""
+        stream = self._response.http_response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            self.close()
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def open_upstream(settings: Settings) -> Upstream:
+    """The upstream these settings ask for: SambaNova, or the offline demo model."""
+    if settings.demo:
+        from vapi_bridge.demo import DemoUpstream
+
+        return DemoUpstream()
+    if not settings.api_key:
+        raise ConfigError(
+            "No SambaNova API key.",
+            hint="Run `vapi-bridge configure-key`, set SAMBANOVA_API_KEY, "
+            "or try the offline model with `vapi-bridge serve --demo`.",
+        )
+    return SambaNovaUpstream(
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        first_token_timeout=settings.upstream_timeout,
+        stall_timeout=settings.stall_timeout,
+    )
 
 
 def verify_key(api_key: str, base_url: str) -> list[str]:

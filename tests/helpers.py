@@ -1,0 +1,216 @@
+"""Helpers the tests share: the recorded Vapi request, a running bridge, log capture, SSE.
+
+Test modules import these from here (never from each other or from conftest); conftest.py
+holds only fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from vapi_bridge import sse
+from vapi_bridge.app import Bridge, bridge_of, create_app
+from vapi_bridge.server import BridgeServer
+from vapi_bridge.settings import Settings
+from vapi_bridge.upstream import Upstream
+
+if TYPE_CHECKING:
+    from tests.process import Serve
+
+DATA = Path(__file__).resolve().parent / "data"
+SECRET = "vb_test_secret_0123456789abcdef"
+# Values inside the recorded request that are secrets or personal data.
+PRIVATE_VALUES = (
+    "whsec_do_not_log_me_7Yc2",
+    "twilio_secret_do_not_log_9Qx4",
+    "+14155550123",
+    "+14155550199",
+    "Jordan Lee",
+    "AC00000000000000000000000000000000",
+)
+
+
+def vapi_request() -> dict[str, Any]:
+    """A request as Vapi sends it on a phone call, secrets and personal data included."""
+    data: dict[str, Any] = json.loads((DATA / "vapi_request.json").read_text())
+    return data
+
+
+class LogCapture(logging.Handler):
+    """Collects the bridge's log lines and lets a test wait for one (no sleeps)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        with self._changed:
+            self.records.append(record)
+            self.lines.append(text)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
+        with self._changed:
+            found: list[str] = []
+
+            def match() -> bool:
+                found[:] = [line for line in self.lines if predicate(line)]
+                return bool(found)
+
+            assert self._changed.wait_for(match, timeout), f"no such log line in {self.lines}"
+            return found[-1]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class RunningBridge:
+    url: str
+    secret: str | None
+    server: BridgeServer
+    bridge: Bridge
+
+    def headers(self, secret: str | None = "default") -> dict[str, str]:
+        key = self.secret if secret == "default" else secret
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def post(
+        self, body: Any, path: str = "/chat/completions", timeout: float = 10, **kwargs: Any
+    ) -> httpx.Response:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        if isinstance(body, bytes | str):
+            kwargs["content"] = body
+        else:
+            kwargs["json"] = body
+        return httpx.post(self.url + path, headers=headers, timeout=timeout, **kwargs)
+
+    def stop(self, grace: float = 0.5) -> None:
+        self.server.stop(grace=grace)
+        self.bridge.close(grace)
+
+
+BridgeFactory = Callable[..., RunningBridge]
+
+
+def bridge_settings(home: Path, base_url: str, **overrides: Any) -> Settings:
+    """Settings for a bridge in front of the fake SambaNova at ``base_url``: auth on, no tunnel."""
+    base = Settings(
+        home=home, port=0, secret=SECRET, tunnel=False, api_key="test-key", base_url=base_url
+    )
+    return replace(base, **overrides)
+
+
+def run_bridge(settings: Settings, upstream: Upstream | None = None) -> RunningBridge:
+    """A bridge built by the same factory as ``serve``, on an ephemeral loopback port."""
+    app = create_app(settings, upstream=upstream)
+    bridge = bridge_of(app)
+    server = BridgeServer(app, "127.0.0.1", 0, bridge.end_live_turns)
+    server.start()
+    return RunningBridge(f"http://127.0.0.1:{server.port}", settings.secret, server, bridge)
+
+
+def sse_events(response: httpx.Response) -> list[Any]:
+    """Parse an SSE body strictly: ``data:`` events, JSON or [DONE]; the one comment allowed
+    is the bridge's mark on a reply it cut short (see :func:`sse_cut`)."""
+    events: list[Any] = []
+    for event in sse.events(response.text.split("\n"), comments=True):
+        if event.comment is not None:
+            assert event.comment.startswith(sse.CUT_PREFIX), event
+            continue
+        assert event.event == "", event
+        events.append("[DONE]" if event.done else json.loads(event.data))
+    return events
+
+
+def sse_cut(response: httpx.Response) -> str | None:
+    """Why the bridge cut this reply short, from its SSE comment; ``None`` for a whole reply."""
+    for event in sse.events(response.text.split("\n"), comments=True):
+        if event.comment is not None and event.comment.startswith(sse.CUT_PREFIX):
+            return event.comment[len(sse.CUT_PREFIX) :]
+    return None
+
+
+@dataclass
+class Listener:
+    """A long stream read line by line in a thread, for shutdown tests."""
+
+    url: str
+    started: threading.Event = field(default_factory=threading.Event)
+    lines: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                self.url + "/chat/completions",
+                json={**vapi_request(), "model": "long"},
+                headers={"Authorization": f"Bearer {SECRET}"},
+                timeout=20,
+            ) as response:
+                for line in response.iter_lines():
+                    if line:
+                        self.lines.append(line)
+                        self.started.set()
+        except httpx.HTTPError as exc:
+            self.error = exc.__class__.__name__
+        finally:
+            self.started.set()
+
+
+def stop_during_streams(serve: Serve, urls: list[str], sig: str) -> list[Listener]:
+    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them."""
+    listeners = [Listener(url) for url in urls]
+    threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
+    for thread in threads:
+        thread.start()
+    for listener in listeners:
+        assert listener.started.wait(10) and listener.lines, listener.error
+    assert serve.stop(sig, timeout=20) == 0
+    for thread in threads:
+        thread.join(10)
+    return listeners
+
+
+def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
+    """Each stream ended with a finish chunk and [DONE], marked as cut by the shutdown."""
+    for listener in listeners:
+        assert listener.error is None, listener.error
+        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
+        comments = [line for line in listener.lines if line.startswith(":")]
+        assert comments == [f": {sse.CUT_PREFIX}shutdown"], comments
+        chunks = [json.loads(line[6:]) for line in listener.lines[:-1] if line.startswith("data:")]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition nothing can notify us of (another process's state) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def cli(*args: str) -> list[str]:
+    """The command line to run the CLI the way a user would, in a subprocess."""
+    return [sys.executable, "-m", "vapi_bridge", *args]

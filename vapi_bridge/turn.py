@@ -1,0 +1,324 @@
+"""One turn of a call, from a validated request to the last byte Vapi receives.
+
+A turn opens the upstream stream, runs each chunk through the stages, and frames what comes
+out. **Before the first byte** reaches Vapi a failure is still an HTTP status with an
+OpenAI-style body (Vapi names the call's ended reason after it). **After it** the 200 is on
+the wire, so a failure, a stall or a shutdown ends the reply cleanly: an SSE comment saying
+it was cut (clients ignore it, ``vapi-bridge test`` reads it), a finish chunk, ``[DONE]``.
+
+:class:`LiveTurns` knows every turn streaming now. Its watchdog thread aborts an upstream
+read that passed the first-token deadline or stalled between chunks, and at shutdown it ends
+every live turn at once, even one whose upstream is sending nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vapi_bridge import sse
+from vapi_bridge.errors import BridgeError, UpstreamError, UpstreamStreamBroken
+from vapi_bridge.normalise import normalise_completion
+from vapi_bridge.reply import Reply, ToolCall
+from vapi_bridge.reqlog import RequestRecord
+from vapi_bridge.stages import Collect, Normalise, Pipeline, StageFactory, Trace
+from vapi_bridge.translate import ChatRequest, OnReply
+from vapi_bridge.upstream import ChunkStream, Upstream
+
+log = logging.getLogger("vapi_bridge")
+
+
+class ShuttingDown(BridgeError):
+    """The bridge stopped before this turn could send its first byte."""
+
+    status = 503
+    code = "shutting_down"
+
+
+@dataclass
+class TurnContext:
+    """What every turn of one app shares."""
+
+    upstream: Upstream
+    live: LiveTurns
+    stages: Sequence[StageFactory] = ()
+    on_reply: OnReply | None = None
+    log_format: str = "text"
+
+
+class Turn:
+    """One request's way through upstream, stages and framing."""
+
+    def __init__(self, request: ChatRequest, record: RequestRecord, ctx: TurnContext) -> None:
+        self.request = request
+        self.record = record
+        self.ctx = ctx
+        self.trace = Trace(started=record.started)
+        self.collect = Collect(self.trace)
+        self.normalise = Normalise(
+            self.trace, model=request.model, forward_usage=request.include_usage
+        )
+        extra = [factory(self.trace) for factory in ctx.stages]
+        self.pipeline = Pipeline([self.normalise, *extra, self.collect])
+        self.deadline = time.monotonic() + ctx.live.first_token_timeout
+        self.last_data: float | None = None
+        self.abort_reason: str | None = None
+        self._stream: ChunkStream | None = None
+        self._finished = False
+        self._lock = threading.Lock()
+
+    # A whole (non-streamed) reply.
+
+    def complete(self) -> dict[str, Any]:
+        body = normalise_completion(
+            self.ctx.upstream.complete(self.request.params), self.request.model
+        )
+        self.record.first_token()
+        self.record.first_speech()
+        self.record.usage(body.get("usage"))
+        if self.ctx.on_reply is not None:
+            self.ctx.on_reply(self.request, self._reply_from(body))
+        return body
+
+    # A streamed reply.
+
+    def start(self) -> Iterator[bytes]:
+        """Open upstream and read to the first frame; raises :class:`BridgeError` before it."""
+        self._stream = self.ctx.upstream.open_stream(self.request.params)
+        self.ctx.live.add(self)
+        chunks = iter(self._stream)
+        try:
+            first = self._first_frame(chunks)
+        except BaseException as exc:
+            self.ctx.live.discard(self)
+            self._stream.close()
+            if isinstance(exc, UpstreamStreamBroken):
+                raise self._before_first_byte(exc) from None
+            raise
+        return self._relay(first, chunks)
+
+    def close(self) -> None:
+        """Called when the server is done with the response, whether or not it ever started."""
+        self._finish(client_left=True)
+
+    def due(self) -> float:
+        """When the watchdog must step in: the first-token deadline, else the stall limit."""
+        if self.last_data is None:
+            return self.deadline
+        return self.last_data + self.ctx.live.stall_timeout
+
+    def abort(self, reason: str) -> None:
+        """Stop waiting on upstream (from the watchdog or shutdown); the reader ends the turn."""
+        with self._lock:
+            if self.abort_reason is None:
+                self.abort_reason = reason
+        if self._stream is not None:
+            self._stream.abort()
+
+    def _first_frame(self, chunks: Iterator[Any]) -> bytes | None:
+        for raw in chunks:
+            self._saw_data()
+            out = self.pipeline.feed(raw)
+            if out is not None:
+                self.record.first_speech_at(self.collect.first_speech)
+                return sse.frame(out)
+        return None
+
+    def _saw_data(self) -> None:
+        if self.last_data is None:
+            self.record.first_token()
+        self.last_data = time.monotonic()
+
+    def _relay(self, first: bytes | None, chunks: Iterator[Any]) -> Iterator[bytes]:
+        record = self.record
+        try:
+            if first is not None:
+                yield first
+            try:
+                for raw in chunks:
+                    self._saw_data()
+                    out = self.pipeline.feed(raw)
+                    if out is not None:
+                        if record.ttfs_ms is None:
+                            record.first_speech_at(self.collect.first_speech)
+                        yield sse.frame(out)
+                    if self.abort_reason == "shutdown":
+                        break
+            except UpstreamStreamBroken as exc:
+                record.outcome, record.error = self._after_first_byte(exc)
+            except Exception as exc:
+                log.exception("stream relay failed")
+                record.outcome, record.error = "bridge_error", exc.__class__.__name__
+            if self.abort_reason == "shutdown" and record.outcome == "ok":
+                record.outcome = "shutdown"
+            for held in self.pipeline.flush():
+                yield sse.frame(held)
+            if record.ttfs_ms is None:
+                record.first_speech_at(self.collect.first_speech)
+            if self.collect.finish_reason is None:
+                if record.outcome != "ok":
+                    yield sse.cut_comment(record.outcome)
+                yield sse.frame(self._final_chunk())
+            yield sse.DONE
+        except GeneratorExit:
+            record.outcome = "client_closed"
+            raise
+        finally:
+            self._finish(client_left=False)
+
+    def _final_chunk(self) -> dict[str, Any]:
+        self.collect.finish_reason = "stop"
+        chunk = {
+            "id": self.normalise.id,
+            "object": "chat.completion.chunk",
+            "created": self.normalise.created,
+            "model": self.request.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        self.collect.chunks += 1
+        return chunk
+
+    def _before_first_byte(self, exc: UpstreamStreamBroken) -> BridgeError:
+        if self.abort_reason == "shutdown":
+            return ShuttingDown(
+                "The bridge is shutting down.", hint="Vapi may retry; the bridge is restarting."
+            )
+        if self.abort_reason == "first_token":
+            limit = self.ctx.live.first_token_timeout
+            return UpstreamError(
+                f"SambaNova did not start answering within {limit:g}s.",
+                hint="Retry; raise --upstream-timeout (keep it under Vapi's 20 s) if it persists.",
+                upstream_status=504,
+                code="upstream_timeout",
+            )
+        return exc
+
+    def _after_first_byte(self, exc: UpstreamStreamBroken) -> tuple[str, str]:
+        if self.abort_reason == "shutdown":
+            return "shutdown", "the bridge stopped"
+        if self.abort_reason == "stall":
+            limit = self.ctx.live.stall_timeout
+            return "upstream_error", f"SambaNova stalled: no data for {limit:g}s."
+        if self.abort_reason == "first_token":
+            limit = self.ctx.live.first_token_timeout
+            return "upstream_error", f"SambaNova sent no token within {limit:g}s."
+        return "upstream_error", exc.message
+
+    def _finish(self, *, client_left: bool) -> None:
+        # Runs once: from the relay's end, or from the server closing a response whose relay
+        # never started (the client left before the first write).
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        record = self.record
+        if client_left:
+            record.outcome = "client_closed"
+        self.ctx.live.discard(self)
+        if self._stream is not None:
+            self._stream.close()
+        record.chunks = self.collect.chunks
+        record.usage(self.trace.usage)
+        record.think_ms = self.trace.think_ms
+        record.emit(self.ctx.log_format)
+        if self.ctx.on_reply is not None and record.outcome != "client_closed":
+            self.ctx.on_reply(self.request, self._reply())
+
+    def _reply(self) -> Reply:
+        record = self.record
+        return Reply(
+            text=self.collect.text,
+            tool_calls=self.collect.tool_calls.complete(),
+            finish_reason=self.collect.finish_reason,
+            ttft_ms=record.ttft_ms,
+            ttfs_ms=record.ttfs_ms,
+            total_ms=record.total_ms,
+            usage=self.trace.usage,
+            outcome=record.outcome,
+            reasoning="".join(self.trace.reasoning),
+            call_id=self.request.call_id,
+            model=self.request.model,
+        )
+
+    def _reply_from(self, body: dict[str, Any]) -> Reply:
+        choice = body["choices"][0] if body["choices"] else {}
+        message = choice.get("message") or {}
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+        return Reply(
+            text=message.get("content") or "",
+            tool_calls=[
+                ToolCall(
+                    id=c.get("id"),
+                    name=str((c.get("function") or {}).get("name") or ""),
+                    arguments=str((c.get("function") or {}).get("arguments") or ""),
+                )
+                for c in calls
+            ],
+            finish_reason=choice.get("finish_reason"),
+            ttft_ms=self.record.ttft_ms,
+            ttfs_ms=self.record.ttfs_ms,
+            total_ms=round((time.perf_counter() - self.record.started) * 1000, 1),
+            usage=body.get("usage"),
+            call_id=self.request.call_id,
+            model=self.request.model,
+        )
+
+
+class LiveTurns:
+    """The turns streaming now, and the one thread that watches their deadlines."""
+
+    def __init__(self, *, first_token_timeout: float, stall_timeout: float) -> None:
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
+        self.stopping = threading.Event()
+        self._turns: set[Turn] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, turn: Turn) -> None:
+        with self._changed:
+            if self.stopping.is_set():
+                turn.abort_reason = "shutdown"
+            self._turns.add(turn)
+            if self._thread is None:
+                # Started on first use, so a process that forks workers after building the
+                # app (gunicorn) has no thread to lose in the fork.
+                self._thread = threading.Thread(
+                    target=self._watch, name="vapi-bridge-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+
+    def discard(self, turn: Turn) -> None:
+        with self._changed:
+            self._turns.discard(turn)
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._turns)
+
+    def end_all(self) -> int:
+        """End every live turn cleanly now (shutdown's grace is over); returns how many."""
+        self.stopping.set()
+        with self._changed:
+            turns = list(self._turns)
+        for turn in turns:
+            turn.abort("shutdown")
+        return len(turns)
+
+    def _watch(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                pending = [(t.due(), t) for t in self._turns if t.abort_reason is None]
+                expired = [t for due, t in pending if due <= now]
+                if not expired:
+                    soonest = min((due for due, _ in pending), default=None)
+                    self._changed.wait(None if soonest is None else soonest - now)
+                    continue
+            for turn in expired:
+                turn.abort("first_token" if turn.last_data is None else "stall")
