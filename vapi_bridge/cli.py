@@ -266,7 +266,12 @@ def test(
     from vapi_bridge.settings import home_dir
 
     env = dict(os.environ)
-    base, key = state.target(url, public, secret, env, home_dir(env))
+    try:
+        base, key = state.target(url, public, secret, env, home_dir(env))
+    except BridgeError as exc:
+        if as_json:
+            probe.report(probe.failed(url, exc), as_json=True, console=_stderr())
+        raise
     live = None if as_json else _live_writer()
     result = probe.run(
         base,
@@ -278,6 +283,8 @@ def test(
         on_text=live,
     )
     probe.report(result, as_json=as_json, console=_stderr())
+    if result.error is not None:
+        raise result.error
     if not result.ok:
         raise typer.Exit(1)
 
