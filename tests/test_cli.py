@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.broken_llm import broken_server, silent_server
 from tests.fakes.sambanova import FakeSambaNova
 from tests.helpers import SECRET
 from tests.process import Serve, closed_port, run_cli
@@ -83,40 +82,6 @@ def test_serve_refuses_a_busy_port() -> None:
         port = first.stdout_line().rsplit(":", 1)[1]
         result = run_cli("serve", "--demo", "--no-tunnel", "--port", port)
         assert "Cannot listen" in assert_clean_failure(result, code=2)
-
-
-def test_test_reports_refused_connection() -> None:
-    result = run_cli("test", "--url", f"http://127.0.0.1:{closed_port()}")
-    assert "Could not connect" in assert_clean_failure(result)
-
-
-def test_test_reports_timeout() -> None:
-    with silent_server() as url:
-        result = run_cli("test", "--url", url, "--timeout", "0.5")
-    assert "within 0.5s" in assert_clean_failure(result)
-
-
-def test_test_reports_every_protocol_violation() -> None:
-    with broken_server() as url:
-        result = run_cli("test", "--url", url, "--json")
-    assert result.returncode == 1
-    violations = "\n".join(json.loads(result.stdout)["violations"])
-    for expected in (
-        "Content-Type",
-        "`event:` line",
-        "`choices` is not a list",
-        "not JSON",
-        "without `index`",
-        "in-band error",
-        "[DONE]",
-        "`created` is not an integer",
-        "finish_reason",
-    ):
-        assert expected in violations
-    with broken_server() as url:
-        human = run_cli("test", "--url", url)
-    assert human.returncode == 1 and "Protocol violation" in human.stderr
-    assert "Traceback" not in human.stderr
 
 
 def test_configure_key_stores_privately(isolated_env: Path) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from tests.fakes.sambanova import FakeSambaNova, Script, text_chunks
-from tests.helpers import SECRET, BridgeFactory, LogCapture, vapi_request
+from tests.helpers import SECRET, BridgeFactory, LogCapture, RunningBridge, vapi_request
 from tests.process import Serve
-from vapi_bridge import sse
+from vapi_bridge import probe, sse
 from vapi_bridge.stages import Collect, Normalise, Pipeline, Trace
 
 
@@ -106,3 +106,14 @@ def test_after_reply_work_left_at_shutdown_is_counted(fake: FakeSambaNova, tmp_p
         assert serve.stop("SIGTERM") == 0
     assert "3 transcript line(s) or reply hook call(s) did not run" in serve.stderr
     assert "Traceback" not in serve.stderr
+
+
+def test_vapi_bridge_test_tells_a_cut_reply_from_a_whole_one(
+    bridge: RunningBridge, fake: FakeSambaNova
+) -> None:
+    """SambaNova drops mid-stream: Vapi gets a clean end, `test` says the reply was cut."""
+    cut = probe.run(bridge.url, secret=bridge.secret, model="drop")
+    assert cut.ok is False and cut.cut == "upstream_error"
+    assert cut.finish_reason == "stop", "the client still got a finish chunk"
+    whole = probe.run(bridge.url, secret=bridge.secret)
+    assert whole.ok is True and whole.cut is None

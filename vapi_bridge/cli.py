@@ -9,7 +9,6 @@ one message and a hint on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -54,16 +53,20 @@ def _reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except BridgeError as exc:
-            _stderr().print(f"[bold red]Error:[/] {exc.cli_message()}", markup=True)
+            from rich.markup import escape
+
+            _stderr().print(f"[bold red]Error:[/] {escape(exc.cli_message())}", markup=True)
             raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
         except (KeyboardInterrupt, typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             if _debug:
                 raise
+            from rich.markup import escape
+
             _stderr().print(
                 f"[bold red]Error:[/] vapi-bridge failed unexpectedly: "
-                f"{exc.__class__.__name__}: {_one_line(exc)}\n"
+                f"{exc.__class__.__name__}: {escape(_one_line(exc))}\n"
                 "  -> Run again with `vapi-bridge --debug ...` for the details, and report it.",
                 markup=True,
             )
@@ -231,8 +234,13 @@ def test(
     from vapi_bridge import probe, state
     from vapi_bridge.settings import home_dir
 
-    env = dict(os.environ)
-    base, key = state.target(url, public, secret, env, home_dir(env))
+    env = settings.environment()
+    try:
+        base, key = state.target(url, public, secret, env, home_dir(env))
+    except BridgeError as exc:
+        if as_json:
+            probe.report(probe.failed(url, exc), as_json=True, console=_stderr())
+        raise
     live = None if as_json else _live_writer()
     result = probe.run(
         base,
@@ -244,6 +252,8 @@ def test(
         on_text=live,
     )
     probe.report(result, as_json=as_json, console=_stderr())
+    if result.error is not None:
+        raise result.error
     if not result.ok:
         raise typer.Exit(1)
 
@@ -285,7 +295,7 @@ def configure_key(
     from vapi_bridge import configure
     from vapi_bridge.settings import home_dir, pick
 
-    env = dict(os.environ)
+    env = settings.environment()
     home = home_dir(env)
     console = _stderr()
     if show:
