@@ -171,12 +171,11 @@ class ReasoningFilter:
                 self._think(content)
                 content = delta["content"] = ""
             else:
-                scanner = self._scanners.get(choice.get("index", 0))
-                if scanner is None and "<" not in content:
-                    pass  # the common case: plain text, nothing to do
-                else:
+                index = choice.get("index", 0)
+                scanner = self._scanners.get(index)
+                if scanner is not None or "<" in content:  # plain text costs one search
                     if scanner is None:
-                        scanner = self._scanners[choice.get("index", 0)] = ThinkScanner()
+                        scanner = self._scanners[index] = ThinkScanner()
                     content = delta["content"] = self._scan(scanner, content, finishing)
         elif finishing:
             scanner = self._scanners.get(choice.get("index", 0))
