@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakes.sambanova import FakeSambaNova
+from tests.fakes.sambanova import MODEL_IDS, FakeSambaNova
 from tests.helpers import SECRET
 from tests.process import Serve, closed_port, run_cli
 
@@ -98,7 +98,7 @@ def test_configure_key_stores_privately(isolated_env: Path) -> None:
 def test_configure_key_verifies_against_sambanova(isolated_env: Path, fake: FakeSambaNova) -> None:
     base = ["configure-key", "--stdin", "--base-url", fake.base_url]
     good = run_cli(*base, stdin="test-key\n")
-    assert good.returncode == 0 and "2 models available" in good.stderr
+    assert good.returncode == 0 and f"{len(MODEL_IDS)} models available" in good.stderr
     bad = run_cli(*base, stdin="wrong-key-123456\n")
     assert "rejected this key (HTTP 401)" in assert_clean_failure(bad, code=2)
     unpaid = run_cli(*base, stdin="no-card-key\n")

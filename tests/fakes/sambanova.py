@@ -4,6 +4,16 @@ It speaks HTTP/1.1 with chunked streaming like the real service and replays the 
 ``shared/fixtures``. Tests script the next answers (:meth:`FakeSambaNova.push`) or pick a
 behaviour by model name (``fail-503``, ``slow``...) for concurrent runs, and then inspect what
 arrived (:attr:`FakeSambaNova.requests`) and which streams the client abandoned.
+
+Reasoning models are imitated by name (:func:`reasoning_script`), obeying the controls the way
+the real ones do: ``gpt-oss*`` streams ``delta.reasoning`` with ``channel`` ("analysis", then
+"final") and reasons as much as ``reasoning_effort`` asks (default medium); ``DeepSeek-R1*``,
+``MiniMax-M*`` and ``QwQ*`` always think inline (``<think>…</think>`` at the start of the
+content, split at awkward places); ``DeepSeek-V3.1``/``V3.2`` think only with
+``chat_template_kwargs.enable_thinking: true`` and ``Qwen3*`` unless it is false. An ``rc/``
+prefix (``rc/DeepSeek-R1``) moves the reasoning to ``delta.reasoning_content`` (vLLM's shape).
+Words count as tokens: a reply that reaches ``max_tokens`` stops with ``finish_reason:
+"length"``, mid-thought if the thinking took the whole budget.
 """
 
 from __future__ import annotations
@@ -28,6 +38,14 @@ USAGE = {
     "completion_tokens_per_sec": 244.02,
 }
 GOOD_KEYS = {"test-key", "sk-test"}
+MODEL_IDS = [
+    "Meta-Llama-3.3-70B-Instruct",
+    "gpt-oss-120b",
+    "DeepSeek-R1-0528",
+    "DeepSeek-V3.1",
+    "MiniMax-M2.5",
+    "Qwen3-32B",
+]
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -160,7 +178,9 @@ class FakeSambaNova:
             return self.scripts.popleft()
         model = body.get("model", "") if isinstance(body, dict) else ""
         return script_for_model(
-            str(model), stream=bool(isinstance(body, dict) and body.get("stream"))
+            str(model),
+            stream=bool(isinstance(body, dict) and body.get("stream")),
+            body=body if isinstance(body, dict) else None,
         )
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -204,10 +224,7 @@ class FakeSambaNova:
                         {"error": {"message": "Invalid API key", "code": "invalid_authentication"}},
                     )
                 else:
-                    models = [
-                        {"id": "Meta-Llama-3.3-70B-Instruct", "object": "model"},
-                        {"id": "gpt-oss-120b", "object": "model"},
-                    ]
+                    models = [{"id": m, "object": "model", "owned_by": "fake"} for m in MODEL_IDS]
                     self._json(200, {"object": "list", "data": models})
 
             def do_POST(self) -> None:
@@ -295,7 +312,7 @@ class FakeSambaNova:
         return Handler
 
 
-def script_for_model(model: str, stream: bool) -> Script:
+def script_for_model(model: str, stream: bool, body: dict[str, Any] | None = None) -> Script:
     """Behaviour chosen by model name, so concurrent clients can each ask for their own."""
     if model.startswith("fail-"):
         status = int(model.removeprefix("fail-"))
@@ -313,9 +330,133 @@ def script_for_model(model: str, stream: bool) -> Script:
         return Script(chunks=text_chunks(["tok "] * int(count)), gap=int(gap_ms) / 1000, ttft=ttft)
     if model == "drop":
         return Script(chunks=text_chunks()[:2], end="drop")
+    if reasoning_family(model) is not None:
+        return reasoning_script(model, body or {}, stream)
     if not stream:
         return Script(kind="json")
     return Script()
+
+
+# --- reasoning models -------------------------------------------------------------------------
+
+THOUGHTS = [
+    "The caller asks about Tuesday.",
+    " Check the calendar tool? No tool needed.",
+    " Answer briefly, one sentence.",
+]
+LONG_THOUGHT = " Weigh option {} against the caller's constraints again."
+EFFORT_STEPS = {"low": 1, "medium": len(THOUGHTS), "high": 48}
+AWKWARD = (3, 5, 2, 11, 7, 1, 13, 4)  # chunk sizes that cut tags and words at odd places
+REASONING_TOKENS_KEY = "completion_tokens_details"
+
+
+def reasoning_family(model: str) -> str | None:
+    """How the named model reasons: gpt-oss, always, hybrid-off, hybrid-on, or None."""
+    name = model.removeprefix("rc/").lower()
+    if name.startswith("gpt-oss"):
+        return "gpt-oss"
+    if name.startswith(("deepseek-r1", "minimax-m", "qwq")):
+        return "always"
+    if name.startswith(("deepseek-v3.1", "deepseek-v3.2")):
+        return "hybrid-off"  # SambaNova and others document thinking as off by default
+    if name.startswith("qwen3"):
+        return "hybrid-on"  # Qwen3's template thinks unless enable_thinking is false
+    return None
+
+
+def thoughts_for(model: str, body: dict[str, Any]) -> list[str]:
+    """The reasoning the model would produce for this request (empty when it would not think)."""
+    family = reasoning_family(model)
+    kwargs = body.get("chat_template_kwargs")
+    thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+    if family == "gpt-oss":
+        steps = EFFORT_STEPS.get(str(body.get("reasoning_effort") or "medium"), len(THOUGHTS))
+        extra = [LONG_THOUGHT.format(i) for i in range(max(0, steps - len(THOUGHTS)))]
+        return (THOUGHTS + extra)[:steps]
+    if family == "always" or (family == "hybrid-off" and thinking is True):
+        return list(THOUGHTS)
+    if family == "hybrid-on" and thinking is not False:
+        return list(THOUGHTS)
+    return []
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def split_awkwardly(text: str, sizes: tuple[int, ...] = AWKWARD) -> list[str]:
+    """``text`` cut into pieces of the given sizes, cycling: tags and words split anywhere."""
+    pieces, i, k = [], 0, 0
+    while i < len(text):
+        pieces.append(text[i : i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    return pieces
+
+
+def reasoning_script(model: str, body: dict[str, Any], stream: bool) -> Script:
+    """The answer of a reasoning model, shaped like its family's, obeying its controls."""
+    thoughts = thoughts_for(model, body)
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or 1_000_000
+    said: list[str] = []
+    spent = 0
+    finish = "stop"
+    for kind, text in [("r", t) for t in thoughts] + [("c", t) for t in REPLY]:
+        spent += _tokens(text)
+        if spent > limit:
+            finish = "length"
+            break
+        said.append(kind + text)
+    reasoning = [t[1:] for t in said if t[0] == "r"]
+    reply = [t[1:] for t in said if t[0] == "c"]
+    thought_tokens = sum(_tokens(t) for t in reasoning)
+    usage = {
+        **USAGE,
+        "completion_tokens": sum(_tokens(t[1:]) for t in said),
+        REASONING_TOKENS_KEY: {"reasoning_tokens": thought_tokens},
+    }
+    family = reasoning_family(model)
+    if model.startswith("rc/"):
+        shape = "reasoning_content"
+    elif family == "gpt-oss":
+        shape = "reasoning"
+    else:
+        shape = "think"
+    if shape == "think":
+        text = "".join(reply)
+        if thoughts:
+            # A block cut by max_tokens is never closed, as with a real model.
+            close = "\n</think>\n\n" if len(reasoning) == len(thoughts) else ""
+            text = "<think>\n" + "".join(reasoning) + close + text
+    if not stream:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply)}
+        if shape == "think":
+            message["content"] = text
+        elif reasoning:
+            message[shape] = "".join(reasoning)
+        return Script(kind="json", body=_completion(model, message, finish, usage))
+    if shape == "think":
+        deltas = [{"role": "assistant", "content": piece} for piece in split_awkwardly(text)]
+    else:
+        channel = {"channel": "analysis"} if shape == "reasoning" else {}
+        deltas = [{"role": "assistant", "content": "", shape: t, **channel} for t in reasoning]
+        channel = {"channel": "final"} if shape == "reasoning" else {}
+        deltas += [{"role": "assistant", "content": t, **channel} for t in reply]
+    chunks: list[Any] = [chunk(d, model=model) for d in deltas]
+    chunks.append(chunk({"content": ""}, finish, model=model))
+    chunks.append({**chunk({}, model=model), "choices": [], "usage": usage})
+    return Script(chunks=chunks)
+
+
+def _completion(
+    model: str, message: dict[str, Any], finish: str, usage: dict[str, Any]
+) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(FIXTURE_RESPONSE)
+    body["model"] = model
+    body["choices"][0]["message"] = message
+    body["choices"][0]["finish_reason"] = finish
+    body["usage"] = usage
+    return body
 
 
 FIXTURE_RESPONSE = json.dumps(
