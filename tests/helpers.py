@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import httpx
 from vapi_bridge import sse
 from vapi_bridge.app import Bridge, bridge_of, create_app
 from vapi_bridge.server import BridgeServer
-from vapi_bridge.settings import Settings
+from vapi_bridge.settings import Settings, overlay
 from vapi_bridge.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def bridge_settings(home: Path, base_url: str, **overrides: Any) -> Settings:
     base = Settings(
         home=home, port=0, secret=SECRET, tunnel=False, api_key="test-key", base_url=base_url
     )
-    return replace(base, **overrides)
+    return overlay(base, overrides, "test settings")
 
 
 def run_bridge(settings: Settings, upstream: Upstream | None = None) -> RunningBridge:

@@ -27,11 +27,14 @@ from vapi_bridge.errors import (
     Unauthorized,
 )
 from vapi_bridge.middleware import Middleware, build_middleware
+from vapi_bridge.models import reasoning_params
+from vapi_bridge.reasoning import ReasoningFilter, strip_reasoning
 from vapi_bridge.reqlog import RequestRecord, safe_id, safe_path
 from vapi_bridge.settings import Settings
-from vapi_bridge.stages import StageFactory
+from vapi_bridge.speech import SpeechFilter, speakable_completion
+from vapi_bridge.stages import StageFactory, Trace
 from vapi_bridge.translate import translate
-from vapi_bridge.turn import LiveTurns, Turn, TurnContext
+from vapi_bridge.turn import BodyFilter, LiveTurns, ParamsPolicy, Turn, TurnContext
 from vapi_bridge.upstream import Upstream, open_upstream
 
 log = logging.getLogger("vapi_bridge")
@@ -61,6 +64,8 @@ class Bridge:
             upstream=self.upstream,
             live=self.live,
             stages=stage_factories(settings),
+            body_filters=body_filters(settings),
+            params_for=params_policy(settings),
             on_reply=self.middleware.on_reply,
             log_format=settings.log_format,
         )
@@ -77,8 +82,38 @@ class Bridge:
 
 
 def stage_factories(settings: Settings) -> list[StageFactory]:
-    """The stages between Normalise and Collect that these settings switch on."""
-    return []
+    """The stages between Normalise and Collect: reasoning is never spoken, and markup only
+    when the speech filter is off. Reasoning goes first so the speech filter sees only speech."""
+    stages: list[StageFactory] = [ReasoningFilter]
+    if settings.speech_filter:
+        stages.append(SpeechFilter)
+    return stages
+
+
+def body_filters(settings: Settings) -> list[BodyFilter]:
+    """The same for a whole (non-streamed) reply."""
+    filters: list[BodyFilter] = [_without_reasoning]
+    if settings.speech_filter:
+        filters.append(lambda body, trace: speakable_completion(body, trace.removed))
+    return filters
+
+
+def _without_reasoning(body: dict[str, Any], trace: Trace) -> dict[str, Any]:
+    clean, reasoning = strip_reasoning(body)
+    if reasoning:
+        trace.reasoning.append(reasoning)
+    return clean  # type: ignore[no-any-return]
+
+
+def params_policy(settings: Settings) -> ParamsPolicy:
+    """What the bridge adds to a request for the model it goes to: the reasoning controls."""
+    policy, budget = settings.reasoning.value, settings.reasoning_budget
+
+    def params_for(params: dict[str, Any]) -> dict[str, Any]:
+        extra = reasoning_params(params["model"], policy, params.get("max_tokens"), budget, params)
+        return {**params, **extra} if extra else params
+
+    return params_for
 
 
 def bridge_of(app: Flask) -> Bridge:

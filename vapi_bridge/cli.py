@@ -173,7 +173,7 @@ def _type_of(annotation: str) -> Any:
         return int
     if annotation.startswith("float"):
         return float
-    if annotation in ("LogFormat", "PromptMode"):
+    if annotation in ("LogFormat", "PromptMode", "Reasoning"):
         return getattr(settings, annotation)
     return str | None if "None" in annotation else str
 
@@ -314,6 +314,33 @@ def configure_key(
     raw = sys.stdin.readline() if stdin else typer.prompt(label, hide_input=True)
     url = pick("base_url", base_url, env, _stored(home), default=DEFAULT_BASE_URL)
     console.print(configure.store(home, field, raw, verify=not no_verify, base_url=url))
+
+
+@app.command(short_help="List SambaNova's models and how each behaves on a call.")
+@_reports_errors
+def models(
+    base_url: Annotated[
+        str | None, typer.Option(help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL]")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the models your SambaNova key can use, with what the bridge knows of each
+    (reasoning, tools), marking the default and the one `serve` would use."""
+    from vapi_bridge import models as catalog
+    from vapi_bridge.upstream import verify_key
+
+    env = settings.environment()
+    stored = _stored(settings.home_dir(env))
+    api_key = settings.pick("api_key", None, env, stored)
+    if not api_key:
+        raise ConfigError(
+            "No SambaNova API key.",
+            hint="Run `vapi-bridge configure-key` or set SAMBANOVA_API_KEY.",
+        )
+    url = settings.pick("base_url", base_url, env, stored, default=DEFAULT_BASE_URL)
+    serving = settings.pick("model", None, env, stored) or DEFAULT_MODEL
+    rows = catalog.describe(sorted(verify_key(api_key, url)))
+    catalog.show(rows, default=DEFAULT_MODEL, serving=serving, as_json=as_json)
 
 
 def main() -> None:

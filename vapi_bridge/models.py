@@ -187,3 +187,29 @@ def describe(model_ids: Iterable[str]) -> list[Row]:
         tools = row.tools if row is not None else "?"
         rows.append(Row(model, family, reasoning_label(row), tools))
     return rows
+
+
+def show(rows: list[Row], *, default: str, serving: str, as_json: bool) -> None:
+    """``vapi-bridge models``: a table on stdout (or JSON), marking the default and served one."""
+    import json
+    import sys
+
+    if as_json:
+        data = [
+            {**row._asdict(), "default": row.id == default, "serving": row.id == serving}
+            for row in rows
+        ]
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("model", "family", "reasoning", "tools", ""):
+        table.add_column(column)
+    for row in rows:
+        marks = [
+            m for m, on in (("default", row.id == default), ("serve", row.id == serving)) if on
+        ]
+        table.add_row(row.id, row.family, row.reasoning, row.tools, ", ".join(marks))
+    Console(highlight=False).print(table)

@@ -20,6 +20,7 @@ from rich.table import Table
 from vapi_bridge import keystore, state
 from vapi_bridge.errors import ConfigError, TunnelError
 from vapi_bridge.server import local_url
+from vapi_bridge.upstream import check_model_later
 
 if TYPE_CHECKING:
     from vapi_bridge.app import Bridge
@@ -72,6 +73,7 @@ def serve(settings: Settings, console: Console) -> None:
                 secret=settings.secret,
             )
             _announce(settings, http.port, tunnel, tunnel_error, console)
+            check_model_later(settings)
             server.wait(stop)
             console.print("[dim]Stopping: finishing live replies...[/]")
             if bridge is not None:

@@ -33,15 +33,26 @@ VAPI_TIMEOUT = 20.0
 
 VAPI = "Vapi and auth"
 UPSTREAM = "Upstream (SambaNova)"
+VOICE = "What the caller hears"
 TUNNEL = "Tunnel (ngrok)"
 MIDDLEWARE = "Middleware"
 SERVER = "Server"
-GROUPS = (VAPI, UPSTREAM, TUNNEL, MIDDLEWARE, SERVER)
+GROUPS = (VAPI, UPSTREAM, VOICE, TUNNEL, MIDDLEWARE, SERVER)
 
 
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class Reasoning(enum.StrEnum):
+    """How much a reasoning model may think; ``OFF`` is the least each model allows."""
+
+    OFF = "off"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    MODEL = "model"
 
 
 class PromptMode(enum.StrEnum):
@@ -270,6 +281,32 @@ class Settings:
         help="Use the built-in offline model: no SambaNova key, no SambaNova traffic.",
         group=UPSTREAM,
         flag="--demo",
+    )
+    # What the caller hears
+    reasoning: Reasoning = option(
+        Reasoning.OFF,
+        parse=_choice(Reasoning),
+        help="How much reasoning models may think: off = the least each model allows, "
+        "model = send no control. Reasoning is never spoken either way.",
+        group=VOICE,
+        flag="--reasoning",
+        env=("VAPI_BRIDGE_REASONING",),
+    )
+    reasoning_budget: int = option(
+        1024,
+        parse=_integer(0, 100_000),
+        help="Tokens a reasoning model may think on top of Vapi's max_tokens.",
+        group=VOICE,
+        flag="--reasoning-budget",
+        metavar="TOKENS",
+    )
+    speech_filter: bool = option(
+        True,
+        parse=_switch,
+        help="Remove markdown and emoji from spoken replies, keeping the words.",
+        group=VOICE,
+        flag="--speech-filter/--no-speech-filter",
+        env=("VAPI_BRIDGE_SPEECH_FILTER",),
     )
     # Tunnel
     tunnel: bool = option(

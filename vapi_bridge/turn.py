@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,11 @@ class ShuttingDown(BridgeError):
     code = "shutting_down"
 
 
+# A whole reply's counterpart of a stage; and what to add to a request for its model.
+BodyFilter = Callable[[dict[str, Any], Trace], dict[str, Any]]
+ParamsPolicy = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 @dataclass
 class TurnContext:
     """What every turn of one app shares."""
@@ -46,6 +51,8 @@ class TurnContext:
     upstream: Upstream
     live: LiveTurns
     stages: Sequence[StageFactory] = ()
+    body_filters: Sequence[BodyFilter] = ()
+    params_for: ParamsPolicy | None = None
     on_reply: OnReply | None = None
     log_format: str = "text"
 
@@ -74,9 +81,10 @@ class Turn:
     # A whole (non-streamed) reply.
 
     def complete(self) -> dict[str, Any]:
-        body = normalise_completion(
-            self.ctx.upstream.complete(self.request.params), self.request.model
-        )
+        answer = self.ctx.upstream.complete(self._params())
+        body = normalise_completion(answer, self.request.model)
+        for whole in self.ctx.body_filters:
+            body = whole(body, self.trace)
         self.record.first_token()
         self.record.first_speech()
         self.record.usage(body.get("usage"))
@@ -88,7 +96,7 @@ class Turn:
 
     def start(self) -> Iterator[bytes]:
         """Open upstream and read to the first frame; raises :class:`BridgeError` before it."""
-        self._stream = self.ctx.upstream.open_stream(self.request.params)
+        self._stream = self.ctx.upstream.open_stream(self._params())
         self.ctx.live.add(self)
         chunks = iter(self._stream)
         try:
@@ -100,6 +108,10 @@ class Turn:
                 raise self._before_first_byte(exc) from None
             raise
         return self._relay(first, chunks)
+
+    def _params(self) -> dict[str, Any]:
+        params = self.request.params
+        return self.ctx.params_for(params) if self.ctx.params_for is not None else params
 
     def close(self) -> None:
         """Called when the server is done with the response, whether or not it ever started."""
@@ -263,6 +275,7 @@ class Turn:
             ttfs_ms=self.record.ttfs_ms,
             total_ms=round((time.perf_counter() - self.record.started) * 1000, 1),
             usage=body.get("usage"),
+            reasoning="".join(self.trace.reasoning),
             call_id=self.request.call_id,
             model=self.request.model,
         )

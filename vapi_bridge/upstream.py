@@ -302,3 +302,27 @@ def verify_key(api_key: str, base_url: str) -> list[str]:
         return upstream.list_models()
     finally:
         upstream.close()
+
+
+def check_model_later(settings: Settings) -> None:
+    """Warn in the log, without delaying start-up, when SambaNova does not list the model
+    ``serve`` forces or defaults to (or rejects the key)."""
+    import threading
+
+    model = settings.model or settings.default_model
+
+    def check() -> None:
+        try:
+            available = verify_key(settings.api_key or "", settings.base_url)
+        except UpstreamError as exc:
+            log.warning("Could not check the model list: %s", exc.message)
+            return
+        if model not in available:
+            log.warning(
+                "SambaNova does not list model '%s' for this key; requests for it will fail. "
+                "`vapi-bridge models` lists the ones it serves.",
+                model,
+            )
+
+    if not settings.demo:
+        threading.Thread(target=check, name="vapi-bridge-model-check", daemon=True).start()
