@@ -30,9 +30,16 @@ def closed_port() -> int:
 
 
 class Serve:
-    """A running ``vapi-bridge serve`` with its stdout and stderr read line by line."""
+    """A running ``vapi-bridge serve`` with its stdout and stderr read line by line.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    ``own_group`` starts it in a new session, so :meth:`stop` with ``group=True`` can signal its
+    whole process group, as a terminal's Ctrl-C does to the foreground job.
+    """
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> None:
+        self.own_group = own_group
         self.proc = subprocess.Popen(
             cli("serve", *args),
             stdout=subprocess.PIPE,
@@ -40,6 +47,7 @@ class Serve:
             stdin=subprocess.DEVNULL,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=own_group,
         )
         self.out: queue.Queue[str] = queue.Queue()
         self.err_lines: list[str] = []
@@ -76,9 +84,14 @@ class Serve:
         with self._err_changed:
             return "\n".join(self.err_lines)
 
-    def stop(self, sig: str = "SIGINT", timeout: float = 15.0) -> int:
+    def stop(self, sig: str = "SIGINT", timeout: float = 15.0, group: bool = False) -> int:
+        """Signal the bridge (or, with ``group``, every process in its group) and wait."""
         if self.proc.poll() is None:
-            self.proc.send_signal(SIGNALS[sig])
+            if group:
+                assert self.own_group, "signal a group only when the bridge leads its own"
+                os.killpg(self.proc.pid, SIGNALS[sig])
+            else:
+                self.proc.send_signal(SIGNALS[sig])
         return self.proc.wait(timeout)
 
     def __enter__(self) -> Serve:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +42,20 @@ class Listener:
             self.started.set()
 
 
-def stop_during_streams(serve: Serve, urls: list[str], sig: str) -> list[Listener]:
-    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them."""
+def stop_during_streams(
+    serve: Serve, urls: list[str], sig: str, group: bool = False
+) -> list[Listener]:
+    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them.
+
+    With ``group``, the signal goes to the bridge's whole process group, as from a terminal.
+    """
     listeners = [Listener(url) for url in urls]
     threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
     for thread in threads:
         thread.start()
     for listener in listeners:
         assert listener.started.wait(10) and listener.lines, listener.error
-    assert serve.stop(sig, timeout=20) == 0
+    assert serve.stop(sig, timeout=20, group=group) == 0
     for thread in threads:
         thread.join(10)
     return listeners
@@ -64,10 +70,9 @@ def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
         assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_stop_under_load_ends_every_stream_cleanly(
-    fake: FakeSambaNova, tmp_path: Path, isolated_env: Path, sig: str
-) -> None:
+def tunnel_env(fake: FakeSambaNova, tmp_path: Path) -> tuple[dict[str, str], list[str], Path]:
+    """Environment and ``serve`` arguments for a bridge on the fake SambaNova behind the fake
+    ngrok agent, and the file where the agent records its pid."""
     agent = write_fake_agent(tmp_path)
     pidfile = tmp_path / "pids"
     env = {
@@ -76,22 +81,42 @@ def test_stop_under_load_ends_every_stream_cleanly(
         "NGROK_AUTHTOKEN": "2fakeTokenForTests_abcdefghijklmnop",
         "FAKE_NGROK_PIDFILE": str(pidfile),
     }
-    with Serve(
-        "--port",
-        "0",
-        "--secret",
-        SECRET,
-        "--ngrok-path",
-        str(agent),
-        "--shutdown-grace",
-        "0.5",
-        env=env,
-    ) as serve:
+    args = ["--port", "0", "--secret", SECRET, "--ngrok-path", str(agent)]
+    return env, [*args, "--shutdown-grace", "0.5"], pidfile
+
+
+def agents_left(pidfile: Path) -> list[int]:
+    pids = [int(pid) for pid in pidfile.read_text().split()] if pidfile.exists() else []
+    return [pid for pid in pids if process_alive(pid)]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_under_load_ends_every_stream_cleanly(
+    fake: FakeSambaNova, tmp_path: Path, isolated_env: Path, sig: str
+) -> None:
+    env, args, pidfile = tunnel_env(fake, tmp_path)
+    with Serve(*args, env=env) as serve:
         public = serve.stdout_line()
         local = json.loads((isolated_env / "state.json").read_text())["local_url"]
         listeners = stop_during_streams(serve, [public] * 3 + [local] * 3, sig)
     assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
-    assert not any(process_alive(int(pid)) for pid in pidfile.read_text().split())
+    assert agents_left(pidfile) == []
     assert fake.wait_no_open_streams(5), "an upstream stream outlived the bridge"
     assert fake.abandoned >= 6
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_period(
+    fake: FakeSambaNova, tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C signals every process of the foreground job, the agent included
+    unless it runs in its own session; the agent must outlive the grace period."""
+    env, args, pidfile = tunnel_env(fake, tmp_path)
+    with Serve(*args, env=env, own_group=True) as serve:
+        public = serve.stdout_line()
+        listeners = stop_during_streams(serve, [public] * 6, "SIGINT", group=True)
+    assert_ended_cleanly_by_the_stop(listeners)
+    assert serve.stderr.count("outcome=shutdown") == 6
+    assert agents_left(pidfile) == [], "the ngrok agent outlived the bridge"
+    assert "Traceback" not in serve.stderr

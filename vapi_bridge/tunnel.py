@@ -152,6 +152,10 @@ def open_tunnel(
         ngrok_path=agent or conf.DEFAULT_NGROK_PATH,
         config_path=str(home / "ngrok.yml"),
         startup_timeout=int(deadline) + 1,
+        # A terminal's Ctrl-C signals the whole foreground process group: in its own session
+        # the agent keeps carrying live replies through the grace period, and the bridge
+        # stops it last. (POSIX only: pyngrok 9 offers no process-group flag on Windows.)
+        start_new_session=os.name == "posix",
     )
     # pyngrok copies NGROK_AUTHTOKEN into `--authtoken` on the agent's command line, where any
     # local user can read it; the agent reads the same variable from its environment instead.
