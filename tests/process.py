@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tests.conftest import cli
 
@@ -101,6 +102,16 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def state_file(home: Path, serve: Serve) -> Path:
+    """The state file of that running bridge (one per bridge, named after its pid)."""
+    return home / "run" / f"{serve.proc.pid}.json"
+
+
+def bridge_state(home: Path, serve: Serve) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(state_file(home, serve).read_text())
+    return data
 
 
 def run_cli(

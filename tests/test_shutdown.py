@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SECRET, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
-from tests.process import Serve, process_alive, write_fake_agent
+from tests.process import Serve, bridge_state, process_alive, write_fake_agent
 
 
 @dataclass
@@ -97,7 +97,7 @@ def test_stop_under_load_ends_every_stream_cleanly(
     env, args, pidfile = tunnel_env(fake, tmp_path)
     with Serve(*args, env=env) as serve:
         public = serve.stdout_line()
-        local = json.loads((isolated_env / "state.json").read_text())["local_url"]
+        local = bridge_state(isolated_env, serve)["local_url"]
         listeners = stop_during_streams(serve, [public] * 3 + [local] * 3, sig)
     assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6

@@ -9,7 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.process import Serve, closed_port, free_port, process_alive, run_cli, write_fake_agent
+from tests.process import (
+    Serve,
+    bridge_state,
+    closed_port,
+    free_port,
+    process_alive,
+    run_cli,
+    state_file,
+    write_fake_agent,
+)
 
 TOKEN = "2fakeTokenForTests_abcdefghijklmnop"
 
@@ -38,8 +47,9 @@ def test_public_url_reaches_the_bridge_and_stop_leaves_no_agent(
         assert public.startswith("http://127.0.0.1:")
         serve.wait_stderr(lambda line: "Custom LLM URL" in line)
         assert "Vapi appends /chat/completions" in serve.stderr
-        state = json.loads((isolated_env / "state.json").read_text())
+        state = bridge_state(isolated_env, serve)
         assert state["public_url"] == public and public != state["local_url"]
+        assert state["agent_pid"] == agent_pids(pidfile)[0]
         result = run_cli("test", "--public", "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["url"] == public + "/chat/completions"
@@ -48,7 +58,7 @@ def test_public_url_reaches_the_bridge_and_stop_leaves_no_agent(
         assert process_alive(pid)
         assert serve.stop(sig) == 0
     assert not process_alive(pid), "the ngrok agent outlived the bridge"
-    assert not (isolated_env / "state.json").exists()
+    assert not state_file(isolated_env, serve).exists()
     assert TOKEN not in serve.stderr
 
 

@@ -88,14 +88,19 @@ def serve(settings: Settings, console: Console) -> None:
                 f"The bridge could not start: {exc}.",
                 hint="Check the log above; try --workers 1.",
             ) from None
+        # Before the tunnel: an agent left by a killed bridge would hold the ngrok session.
+        state.clear_stale(settings.home, lambda text: console.print(f"[yellow]{text}[/]"))
         tunnel, tunnel_error = _open_tunnel(settings, bridge.port, console)
         try:
             state.write(
                 settings.home,
-                pid=os.getpid(),
-                local_url=local_url(settings.host, bridge.port),
-                public_url=tunnel.public_url if tunnel is not None else None,
-                secret=settings.secret,
+                state.record(
+                    pid=os.getpid(),
+                    local_url=local_url(settings.host, bridge.port),
+                    public_url=tunnel.public_url if tunnel is not None else None,
+                    secret=settings.secret,
+                    agent_pid=tunnel.agent_pid if tunnel is not None else None,
+                ),
             )
             _announce(settings, bridge.port, tunnel, tunnel_error, console)
             server.wait(stop)
@@ -106,7 +111,7 @@ def serve(settings: Settings, console: Console) -> None:
         finally:
             if tunnel is not None:
                 tunnel.close()
-            state.remove(settings.home)
+            state.remove(settings.home, os.getpid())
             built.close()
     console.print("[dim]vapi-bridge stopped.[/]")
 

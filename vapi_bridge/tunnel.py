@@ -46,9 +46,14 @@ _ERRORS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class Tunnel:
-    """An open tunnel; :meth:`close` removes it and ends the agent process."""
+    """An open tunnel; :meth:`close` removes it and ends the agent process.
+
+    ``agent_pid`` is recorded in the bridge's state, so a bridge killed without cleaning up
+    leaves enough behind for the next start to stop its agent.
+    """
 
     public_url: str
+    agent_pid: int | None
     _config: Any
 
     def close(self) -> None:
@@ -182,7 +187,16 @@ def open_tunnel(
         with contextlib.suppress(Exception):
             ngrok.kill(pyngrok_config=config)
         raise _tunnel_error(outcome["error"], authtoken) from None
-    return Tunnel(public_url=str(outcome["url"]), _config=config)
+    return Tunnel(public_url=str(outcome["url"]), agent_pid=_agent_pid(config), _config=config)
+
+
+def _agent_pid(config: Any) -> int | None:
+    from pyngrok import ngrok
+
+    try:
+        return int(ngrok.get_ngrok_process(pyngrok_config=config).proc.pid)
+    except Exception:
+        return None
 
 
 def _kill_starting_agent(ngrok_path: str) -> None:
