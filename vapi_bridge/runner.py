@@ -214,10 +214,9 @@ def _announce(
             "other hosts on the network can reach the bridge.[/]"
         )
     console.print("[dim]Try it: vapi-bridge test   Stop: Ctrl-C[/]")
-    url = tunnel.public_url if tunnel is not None else (local if not settings.tunnel else None)
-    if url:
-        sys.stdout.write(url + "\n")
-        sys.stdout.flush()
+    # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
+    sys.stdout.write((tunnel.public_url if tunnel is not None else local) + "\n")
+    sys.stdout.flush()
 
 
 def setup_logging(log_format: str) -> None:

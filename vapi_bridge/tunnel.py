@@ -1,11 +1,13 @@
 """The public URL: an ngrok tunnel opened through pyngrok, with a deadline and plain errors.
 
 pyngrok runs the ngrok agent binary and drives its local API. This module picks the binary
-(explicit path, ``PYNGROK_NGROK_PATH``, a real ``ngrok`` on ``PATH``, then pyngrok's own
-install), keeps the agent's config under the bridge's home instead of the user's ngrok config,
-hands the auth token to the agent through its environment rather than its command line (where
-``ps`` would show it), enforces its own start-up deadline (pyngrok only checks between log
-lines), and maps ngrok's error codes to one message each.
+(explicit path, ``PYNGROK_NGROK_PATH``, a real ``ngrok`` on ``PATH``, one it downloaded before,
+one pyngrok installed, else a download into the bridge's home), keeps the agent's config under
+the bridge's home instead of the user's ngrok config (nothing is written there), starts no
+agent without a token (it could only fail, after a download), hands the token to the agent
+through its environment rather than its command line (where ``ps`` would show it), enforces
+its own start-up deadline (pyngrok only checks between log lines), and maps ngrok's error
+codes to one message each.
 """
 
 from __future__ import annotations
@@ -87,6 +89,24 @@ def find_agent(explicit: str | None) -> str | None:
     return None
 
 
+def _agent_path(explicit: str | None, home: Path) -> tuple[str, bool]:
+    """The agent to run, and whether pyngrok must download it there first.
+
+    Downloads go into the bridge's home, never pyngrok's default folder (the user's own ngrok
+    config directory); an agent pyngrok installed there earlier is still used.
+    """
+    from pyngrok import conf, installer
+
+    found = find_agent(explicit)
+    if found:
+        return found, False
+    own = home / "bin" / installer.get_ngrok_bin()
+    for candidate in (own, Path(conf.DEFAULT_NGROK_PATH)):
+        if candidate.is_file():
+            return str(candidate), False
+    return str(own), True
+
+
 def _is_python_wrapper(path: Path) -> bool:
     """pyngrok's own ``ngrok`` console script: beside this Python, or a script importing pyngrok.
 
@@ -139,22 +159,27 @@ def open_tunnel(
     on_progress: Callable[[str], None] | None = None,
 ) -> Tunnel:
     """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
+    if not authtoken:
+        raise TunnelError(
+            "The tunnel needs an ngrok auth token, and none is configured.",
+            hint="Get one free at https://dashboard.ngrok.com/get-started/your-authtoken, then "
+            "run `vapi-bridge configure-key --ngrok` (or set NGROK_AUTHTOKEN).",
+        )
     from pyngrok import conf, installer, ngrok
 
     logging.getLogger("pyngrok").setLevel(logging.CRITICAL)
     # pyngrok prints download progress on stdout, which carries only the URL here.
     installer._print_progress_enabled = False
-    agent = find_agent(ngrok_path)
-    if agent is None and not Path(conf.DEFAULT_NGROK_PATH).exists() and on_progress:
-        on_progress(f"Downloading the ngrok agent to {conf.DEFAULT_NGROK_PATH} (first run)...")
-    if authtoken:
-        os.environ["NGROK_AUTHTOKEN"] = authtoken
+    agent, download = _agent_path(ngrok_path, home)
+    if download and on_progress:
+        on_progress(f"Downloading the ngrok agent to {agent} (first run)...")
+    os.environ["NGROK_AUTHTOKEN"] = authtoken
     options: dict[str, Any] = {}
     if domain:
         options["url"] = domain if "://" in domain else f"https://{domain}"
     home.mkdir(parents=True, exist_ok=True)
     config = conf.PyngrokConfig(
-        ngrok_path=agent or conf.DEFAULT_NGROK_PATH,
+        ngrok_path=agent,
         config_path=str(home / "ngrok.yml"),
         startup_timeout=int(deadline) + 1,
         # A terminal's Ctrl-C signals the whole foreground process group: in its own session
