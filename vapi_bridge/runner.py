@@ -1,9 +1,12 @@
 """``serve``: wire settings, upstream, app, server and tunnel together, and stop in order.
 
-Start-up: build the upstream, bind the server, open the tunnel (failure is reported, local
-serving goes on), print what to paste into Vapi, record where the bridge listens. Stop (first
-Ctrl-C / SIGTERM): stop accepting, let live streams finish, close the tunnel and its agent,
-remove the state file. stdout carries only the URL; everything else goes to stderr.
+Start-up: build the upstream, bind the server, clear what a killed bridge left behind (its
+state file and ngrok agent), open the tunnel (failure is reported, local serving goes on),
+record where this bridge listens, print what to paste into Vapi. Stop (first Ctrl-C /
+SIGTERM): stop accepting, let live streams finish, then close the tunnel and its agent (which
+runs in its own session, so a terminal's Ctrl-C does not end it early), remove the state
+file. stdout carries exactly one line, the URL that works now; everything else goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def serve(settings: Settings, console: Console) -> None:
                 hint="Check the log above; try --workers 1.",
             ) from None
         # Before the tunnel: an agent left by a killed bridge would hold the ngrok session.
-        state.clear_stale(settings.home, lambda text: console.print(f"[yellow]{text}[/]"))
+        state.clear_stale(
+            settings.home, lambda text: console.print(text, style="yellow", markup=False)
+        )
         tunnel, tunnel_error = _open_tunnel(settings, bridge.port, console)
         try:
             state.write(

@@ -216,12 +216,12 @@ def open_tunnel(
 
 
 def _agent_pid(config: Any) -> int | None:
-    from pyngrok import ngrok
+    """The running agent's pid, looked up without side effects (``ngrok.get_ngrok_process``
+    would start a new agent if this one had just died)."""
+    from pyngrok import process
 
-    try:
-        return int(ngrok.get_ngrok_process(pyngrok_config=config).proc.pid)
-    except Exception:
-        return None
+    running = process._current_processes.get(config.ngrok_path)
+    return int(running.proc.pid) if running is not None else None
 
 
 def _kill_starting_agent(ngrok_path: str) -> None:
