@@ -102,6 +102,7 @@ def test_target_picks_the_one_running_bridge_and_refuses_to_guess(
     )
     keystore.update(home, bridge_secret="stored-key")
     assert state.target("http://elsewhere.example", False, None, {}, home)[1] == "stored-key"
+    assert state.target("http://[::1", False, None, {}, home) == ("http://[::1", "stored-key")
     assert state.target(None, True, "flag-key", {}, home)[1] == "flag-key"
 
 

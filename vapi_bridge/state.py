@@ -168,8 +168,14 @@ def target(
 
 
 def _origin(url: str) -> tuple[str, str]:
-    """Scheme and host:port: a bridge's key goes only to that bridge, whatever the path."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    """Scheme and host:port: a bridge's key goes only to that bridge, whatever the path.
+
+    A malformed URL matches no bridge; judging it is the probe's job, not this lookup's.
+    """
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError:
+        return "", url
     return parts.scheme.lower(), parts.netloc.lower()
 
 
