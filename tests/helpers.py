@@ -175,15 +175,20 @@ class Listener:
             self.started.set()
 
 
-def stop_during_streams(serve: Serve, urls: list[str], sig: str) -> list[Listener]:
-    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them."""
+def stop_during_streams(
+    serve: Serve, urls: list[str], sig: str, group: bool = False
+) -> list[Listener]:
+    """Open a long stream to each URL, stop ``serve`` once all are flowing, collect them.
+
+    With ``group``, the signal goes to the bridge's whole process group, as from a terminal.
+    """
     listeners = [Listener(url) for url in urls]
     threads = [threading.Thread(target=li.run, daemon=True) for li in listeners]
     for thread in threads:
         thread.start()
     for listener in listeners:
         assert listener.started.wait(10) and listener.lines, listener.error
-    assert serve.stop(sig, timeout=20) == 0
+    assert serve.stop(sig, timeout=20, group=group) == 0
     for thread in threads:
         thread.join(10)
     return listeners

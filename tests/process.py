@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -11,11 +12,14 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from tests.helpers import cli
+from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import SECRET, cli
 
-SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+SIGNALS = {
+    name: getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+}
 
 
 def free_port() -> int:
@@ -30,9 +34,16 @@ def closed_port() -> int:
 
 
 class Serve:
-    """A running ``vapi-bridge serve`` with its stdout and stderr read line by line."""
+    """A running ``vapi-bridge serve`` with its stdout and stderr read line by line.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    ``own_group`` starts it in a new session, so :meth:`stop` with ``group=True`` can signal its
+    whole process group, as a terminal's Ctrl-C does to the foreground job.
+    """
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, own_group: bool = False
+    ) -> None:
+        self.own_group = own_group
         self.proc = subprocess.Popen(
             cli("serve", *args),
             stdout=subprocess.PIPE,
@@ -40,6 +51,7 @@ class Serve:
             stdin=subprocess.DEVNULL,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=own_group,
         )
         self.out: queue.Queue[str] = queue.Queue()
         self.err_lines: list[str] = []
@@ -76,9 +88,14 @@ class Serve:
         with self._err_changed:
             return "\n".join(self.err_lines)
 
-    def stop(self, sig: str = "SIGINT", timeout: float = 15.0) -> int:
+    def stop(self, sig: str = "SIGINT", timeout: float = 15.0, group: bool = False) -> int:
+        """Signal the bridge (or, with ``group``, every process in its group) and wait."""
         if self.proc.poll() is None:
-            self.proc.send_signal(SIGNALS[sig])
+            if group:
+                assert self.own_group, "signal a group only when the bridge leads its own"
+                os.killpg(self.proc.pid, SIGNALS[sig])
+            else:
+                self.proc.send_signal(SIGNALS[sig])
         return self.proc.wait(timeout)
 
     def __enter__(self) -> Serve:
@@ -88,6 +105,16 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def state_file(home: Path, serve: Serve) -> Path:
+    """The state file of that running bridge (one per bridge, named after its pid)."""
+    return home / "run" / f"{serve.proc.pid}.json"
+
+
+def bridge_state(home: Path, serve: Serve) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(state_file(home, serve).read_text())
+    return data
 
 
 def run_cli(
@@ -127,3 +154,23 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def tunnel_env(fake: FakeSambaNova, tmp_path: Path) -> tuple[dict[str, str], list[str], Path]:
+    """Environment and ``serve`` arguments for a bridge on the fake SambaNova behind the fake
+    ngrok agent, and the file where the agent records its pid."""
+    agent = write_fake_agent(tmp_path)
+    pidfile = tmp_path / "pids"
+    env = {
+        "SAMBANOVA_API_KEY": "test-key",
+        "SAMBANOVA_BASE_URL": fake.base_url,
+        "NGROK_AUTHTOKEN": "2fakeTokenForTests_abcdefghijklmnop",
+        "FAKE_NGROK_PIDFILE": str(pidfile),
+    }
+    args = ["--port", "0", "--secret", SECRET, "--ngrok-path", str(agent)]
+    return env, [*args, "--shutdown-grace", "0.5"], pidfile
+
+
+def agents_left(pidfile: Path) -> list[int]:
+    pids = [int(pid) for pid in pidfile.read_text().split()] if pidfile.exists() else []
+    return [pid for pid in pids if process_alive(pid)]

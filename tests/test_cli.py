@@ -12,7 +12,7 @@ import pytest
 
 from tests.fakes.sambanova import MODEL_IDS, FakeSambaNova
 from tests.helpers import SECRET
-from tests.process import Serve, closed_port, run_cli
+from tests.process import Serve, bridge_state, closed_port, run_cli, state_file
 
 
 def assert_clean_failure(result: object, code: int = 1) -> str:
@@ -40,7 +40,7 @@ def test_serve_demo_then_test_streams_live(isolated_env: Path) -> None:
         url = serve.stdout_line()
         assert url.startswith("http://127.0.0.1:")
         serve.wait_stderr(lambda line: "Try it" in line)
-        state = isolated_env / "state.json"
+        state = state_file(isolated_env, serve)
         assert stat.S_IMODE(state.stat().st_mode) == 0o600
         result = run_cli("test")
         assert result.returncode == 0, result.stderr
@@ -72,8 +72,7 @@ def test_serve_with_fake_sambanova_and_test_json(fake: FakeSambaNova) -> None:
         assert serve.stop("SIGINT") == 0
         request_lines = [line for line in serve.err_lines if "POST /chat/completions" in line]
         assert len(request_lines) == 4
-    panel_rows = [line for line in serve.err_lines if SECRET in line]
-    assert len(panel_rows) == 1 and "API key" in panel_rows[0], "the key shows once, to paste"
+    assert SECRET not in serve.stderr, "stderr is not a terminal here: the key is masked"
     assert "test-key" not in serve.stderr
 
 
@@ -144,7 +143,7 @@ def test_bridge_key_is_generated_once_and_reused(isolated_env: Path) -> None:
         with Serve("--demo", "--no-tunnel", "--port", "0") as serve:
             url = serve.stdout_line()
             serve.wait_stderr(lambda line: "Try it" in line)
-            keys.append(json.loads((isolated_env / "state.json").read_text())["secret"])
+            keys.append(bridge_state(isolated_env, serve)["secret"])
             response = httpx.post(
                 url + "/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
             )

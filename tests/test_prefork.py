@@ -10,7 +10,7 @@ import pytest
 
 from tests.fakes.sambanova import FakeSambaNova
 from tests.helpers import SECRET, assert_ended_cleanly_by_the_stop, stop_during_streams, wait_until
-from tests.process import Serve, run_cli
+from tests.process import Serve, agents_left, run_cli, tunnel_env
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
 
@@ -75,6 +75,20 @@ def test_workers_end_live_streams_cleanly_on_stop(
     assert "Ended 6 live stream(s) early" in serve.stderr, "the workers report what they cut"
     assert fake.wait_no_open_streams(5)
     assert worker_processes(f"workers-{serve.proc.pid}.json") == []
+
+
+def test_workers_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_period(
+    fake: FakeSambaNova, tmp_path: Path
+) -> None:
+    env, args, pidfile = tunnel_env(fake, tmp_path)
+    with Serve(*args, "--workers", "2", env=env, own_group=True) as serve:
+        public = serve.stdout_line()
+        listeners = stop_during_streams(serve, [public] * 6, "SIGINT", group=True)
+    assert_ended_cleanly_by_the_stop(listeners)
+    assert serve.stderr.count("outcome=shutdown") == 6
+    assert agents_left(pidfile) == [], "the ngrok agent outlived the bridge"
+    assert worker_processes(f"workers-{serve.proc.pid}.json") == []
+    assert "Traceback" not in serve.stderr
 
 
 def test_workers_on_a_busy_port_is_a_clear_error(fake: FakeSambaNova) -> None:

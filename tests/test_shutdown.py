@@ -2,48 +2,43 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.sambanova import FakeSambaNova
-from tests.helpers import (
-    SECRET,
-    assert_ended_cleanly_by_the_stop,
-    stop_during_streams,
-)
-from tests.process import Serve, process_alive, write_fake_agent
+from tests.helpers import assert_ended_cleanly_by_the_stop, stop_during_streams
+from tests.process import Serve, agents_left, bridge_state, tunnel_env
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_stop_under_load_ends_every_stream_cleanly(
     fake: FakeSambaNova, tmp_path: Path, isolated_env: Path, sig: str
 ) -> None:
-    agent = write_fake_agent(tmp_path)
-    pidfile = tmp_path / "pids"
-    env = {
-        "SAMBANOVA_API_KEY": "test-key",
-        "SAMBANOVA_BASE_URL": fake.base_url,
-        "NGROK_AUTHTOKEN": "2fakeTokenForTests_abcdefghijklmnop",
-        "FAKE_NGROK_PIDFILE": str(pidfile),
-    }
-    with Serve(
-        "--port",
-        "0",
-        "--secret",
-        SECRET,
-        "--ngrok-path",
-        str(agent),
-        "--shutdown-grace",
-        "0.5",
-        env=env,
-    ) as serve:
+    env, args, pidfile = tunnel_env(fake, tmp_path)
+    with Serve(*args, env=env) as serve:
         public = serve.stdout_line()
-        local = json.loads((isolated_env / "state.json").read_text())["local_url"]
+        local = bridge_state(isolated_env, serve)["local_url"]
         listeners = stop_during_streams(serve, [public] * 3 + [local] * 3, sig)
     assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
-    assert not any(process_alive(int(pid)) for pid in pidfile.read_text().split())
+    assert agents_left(pidfile) == []
     assert fake.wait_no_open_streams(5), "an upstream stream outlived the bridge"
     assert fake.abandoned >= 6
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_period(
+    fake: FakeSambaNova, tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C signals every process of the foreground job, the agent included
+    unless it runs in its own session; the agent must outlive the grace period."""
+    env, args, pidfile = tunnel_env(fake, tmp_path)
+    with Serve(*args, env=env, own_group=True) as serve:
+        public = serve.stdout_line()
+        listeners = stop_during_streams(serve, [public] * 6, "SIGINT", group=True)
+    assert_ended_cleanly_by_the_stop(listeners)
+    assert serve.stderr.count("outcome=shutdown") == 6
+    assert agents_left(pidfile) == [], "the ngrok agent outlived the bridge"
+    assert "Traceback" not in serve.stderr

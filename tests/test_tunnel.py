@@ -9,7 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.process import Serve, closed_port, free_port, process_alive, run_cli, write_fake_agent
+from tests.process import (
+    Serve,
+    bridge_state,
+    closed_port,
+    free_port,
+    process_alive,
+    run_cli,
+    state_file,
+    write_fake_agent,
+)
 
 TOKEN = "2fakeTokenForTests_abcdefghijklmnop"
 
@@ -38,8 +47,9 @@ def test_public_url_reaches_the_bridge_and_stop_leaves_no_agent(
         assert public.startswith("http://127.0.0.1:")
         serve.wait_stderr(lambda line: "Custom LLM URL" in line)
         assert "Vapi appends /chat/completions" in serve.stderr
-        state = json.loads((isolated_env / "state.json").read_text())
+        state = bridge_state(isolated_env, serve)
         assert state["public_url"] == public and public != state["local_url"]
+        assert state["agent_pid"] == agent_pids(pidfile)[0]
         result = run_cli("test", "--public", "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["url"] == public + "/chat/completions"
@@ -48,8 +58,10 @@ def test_public_url_reaches_the_bridge_and_stop_leaves_no_agent(
         assert process_alive(pid)
         assert serve.stop(sig) == 0
     assert not process_alive(pid), "the ngrok agent outlived the bridge"
-    assert not (isolated_env / "state.json").exists()
+    assert not state_file(isolated_env, serve).exists()
     assert TOKEN not in serve.stderr
+    assert (isolated_env / "ngrok.yml").exists(), "the agent's config is in the bridge's home"
+    assert not (isolated_env.parent / "user" / ".config" / "ngrok").exists()
 
 
 def test_token_is_not_on_the_agent_command_line(agent: Path, tmp_path: Path) -> None:
@@ -77,7 +89,6 @@ def test_stored_token_and_domain_are_used(agent: Path, isolated_env: Path) -> No
 
 
 FAILURES = [
-    ({}, [], "ERR_NGROK_4018", "configure-key --ngrok"),
     ({"NGROK_AUTHTOKEN": "bad-token"}, [], "ERR_NGROK_105", "configure-key --ngrok"),
     (
         {"NGROK_AUTHTOKEN": TOKEN, "FAKE_NGROK_MODE": "session_limit"},
@@ -111,6 +122,7 @@ def test_tunnel_failure_is_explained_and_local_serving_goes_on(
         assert cause in line
         serve.wait_stderr(lambda line: "Still serving locally" in line)
         assert fix in serve.stderr
+        assert serve.stdout_line() == f"http://127.0.0.1:{port}", "stdout: the URL that works"
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         assert run_cli("test", "--url", f"http://127.0.0.1:{port}").returncode == 0
         assert serve.stop() == 0
@@ -120,32 +132,56 @@ def test_tunnel_failure_is_explained_and_local_serving_goes_on(
 
 def test_missing_agent_path_is_explained(tmp_path: Path) -> None:
     port = free_port()
-    with Serve("--demo", "--port", str(port), "--ngrok-path", str(tmp_path / "nope")) as serve:
+    args = ("--demo", "--port", str(port), "--ngrok-path", str(tmp_path / "nope"))
+    with Serve(*args, env={"NGROK_AUTHTOKEN": TOKEN}) as serve:
         line = serve.wait_stderr(lambda line: "Tunnel not opened" in line)
         assert "No ngrok agent at" in line
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         assert serve.stop() == 0
 
 
-def test_no_agent_and_no_network_still_serves_locally(tmp_path: Path) -> None:
+def offline_env(**extra: str) -> dict[str, str]:
+    """No ngrok on PATH, and every download refused on loopback (never the real network)."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    env = {"PATH": os.path.dirname(os.__file__), "NO_PROXY": "", "no_proxy": ""}
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        env[name] = proxy
+    return {**env, **extra}
+
+
+def test_no_agent_and_no_network_still_serves_locally(tmp_path: Path, isolated_env: Path) -> None:
     """No ngrok anywhere and downloads fail: pyngrok's install is refused on loopback."""
     port = free_port()
-    proxy = f"http://127.0.0.1:{closed_port()}"
-    env = {
-        "PATH": os.path.dirname(os.__file__),
-        "https_proxy": proxy,
-        "HTTPS_PROXY": proxy,
-        "http_proxy": proxy,
-        "HTTP_PROXY": proxy,
-        "NGROK_AUTHTOKEN": TOKEN,
-    }
-    with Serve("--demo", "--port", str(port), env=env) as serve:
+    with Serve("--demo", "--port", str(port), env=offline_env(NGROK_AUTHTOKEN=TOKEN)) as serve:
         line = serve.wait_stderr(lambda line: "Tunnel not opened" in line, timeout=30)
         assert "not installed and could not be downloaded" in line
-        assert "--ngrok-path" in serve.stderr and "Downloading the ngrok agent" in serve.stderr
+        assert "--ngrok-path" in serve.stderr
+        download = serve.wait_stderr(lambda line: "Downloading the ngrok agent" in line)
+        assert str(isolated_env) in download, "the agent is downloaded into the bridge's home"
+        assert serve.stdout_line() == f"http://127.0.0.1:{port}", "stdout: the URL that works"
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         assert serve.stop() == 0
-    assert serve.out.empty(), "stdout carries only the URL, and there is none"
+    assert not (tmp_path / "user" / ".config" / "ngrok").exists(), "wrote to the user's ngrok dir"
+
+
+@pytest.mark.parametrize("agent_args", [False, True])
+def test_no_token_means_no_agent_and_no_download(
+    agent: Path, pidfile: Path, tmp_path: Path, agent_args: bool
+) -> None:
+    """`serve --demo` stays offline: without a token the agent could only fail (ERR_NGROK_4018)."""
+    port = free_port()
+    args = ["--ngrok-path", str(agent)] if agent_args else []
+    env = offline_env(FAKE_NGROK_PIDFILE=str(pidfile))
+    with Serve("--demo", "--port", str(port), *args, env=env) as serve:
+        assert serve.stdout_line() == f"http://127.0.0.1:{port}"
+        line = serve.wait_stderr(lambda line: "Tunnel not opened" in line)
+        assert "needs an ngrok auth token" in line
+        serve.wait_stderr(lambda line: "Still serving locally" in line)
+        assert "dashboard.ngrok.com" in serve.stderr and "configure-key --ngrok" in serve.stderr
+        assert serve.stop() == 0
+    assert "Downloading" not in serve.stderr and "Traceback" not in serve.stderr
+    assert agent_pids(pidfile) == [], "the agent was started without a token"
+    assert not (tmp_path / "user" / ".config" / "ngrok").exists(), "wrote to the user's ngrok dir"
 
 
 def test_pyngrok_wrapper_on_path_is_not_taken_for_the_agent(

@@ -1,9 +1,12 @@
 """``serve``: wire settings, upstream, app, server and tunnel together, and stop in order.
 
-Start-up: build the app, bind the server, open the tunnel (failure is reported, local
-serving goes on), print what to paste into Vapi, record where the bridge listens. Stop (first
-Ctrl-C / SIGTERM): stop accepting, let live streams finish, close the tunnel and its agent,
-remove the state file. stdout carries only the URL; everything else goes to stderr.
+Start-up: build the app, bind the server, clear what a killed bridge left behind (its
+state file and ngrok agent), open the tunnel (failure is reported, local serving goes on),
+record where this bridge listens, print what to paste into Vapi. Stop (first Ctrl-C /
+SIGTERM): stop accepting, let live streams finish, then close the tunnel and its agent (which
+runs in its own session, so a terminal's Ctrl-C does not end it early), remove the state
+file. stdout carries exactly one line, the URL that works now; everything else goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def serve(settings: Settings, console: Console) -> None:
             bridge.close(0)
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
-            hint="Pick another port with --port (on macOS, AirPlay Receiver holds 5000).",
+            hint=listen_hint(settings.port),
         ) from None
     with server.stop_signals() as stop:
         try:
@@ -63,14 +66,21 @@ def serve(settings: Settings, console: Console) -> None:
                 f"The bridge could not start: {exc}.",
                 hint="Check the log above; try --workers 1.",
             ) from None
+        # Before the tunnel: an agent left by a killed bridge would hold the ngrok session.
+        state.clear_stale(
+            settings.home, lambda text: console.print(text, style="yellow", markup=False)
+        )
         tunnel, tunnel_error = _open_tunnel(settings, http.port, console)
         try:
             state.write(
                 settings.home,
-                pid=os.getpid(),
-                local_url=local_url(settings.host, http.port),
-                public_url=tunnel.public_url if tunnel is not None else None,
-                secret=settings.secret,
+                state.record(
+                    pid=os.getpid(),
+                    local_url=local_url(settings.host, http.port),
+                    public_url=tunnel.public_url if tunnel is not None else None,
+                    secret=settings.secret,
+                    agent_pid=tunnel.agent_pid if tunnel is not None else None,
+                ),
             )
             _announce(settings, http.port, tunnel, tunnel_error, console)
             check_model_later(settings)
@@ -91,8 +101,15 @@ def serve(settings: Settings, console: Console) -> None:
                 )
             if tunnel is not None:
                 tunnel.close()
-            state.remove(settings.home)
+            state.remove(settings.home, os.getpid())
     console.print("[dim]vapi-bridge stopped.[/]")
+
+
+def listen_hint(port: int, platform: str = sys.platform) -> str:
+    """What to do about a busy port; AirPlay Receiver is the usual holder of 5000 on macOS."""
+    if platform == "darwin" and port == 5000:
+        return "Pick another port with --port (on macOS, AirPlay Receiver holds 5000)."
+    return "Pick another port with --port, or stop the program that holds this one."
 
 
 def complete_settings(settings: Settings) -> Settings:
@@ -139,28 +156,45 @@ def _announce(
     tunnel_error: TunnelError | None,
     console: Console,
 ) -> None:
+    """The panel, then what to paste into Vapi, each value alone on its own line.
+
+    A value inside the panel's border would be folded at a narrow width and copy broken; on
+    a line of its own it copies whole at any width. The key is shown whole only on a
+    terminal: when stderr goes to a file or a log collector it is masked, and the line names
+    the ``0600`` state file that holds it.
+    """
     local = local_url(settings.host, port)
     model = settings.model or settings.default_model
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
-    if tunnel is not None:
-        table.add_row("Custom LLM URL", f"[bold green]{tunnel.public_url}[/]")
-        table.add_row("", "[dim]paste the base URL: Vapi appends /chat/completions[/]")
     table.add_row(
         "Model", model + ("  [dim](forced for every request)[/]" if settings.model else "")
     )
     for vapi_name, target in settings.model_map:
         table.add_row("", f"[dim]{vapi_name} -> {target}[/]")
-    if settings.secret:
-        table.add_row("API key", settings.secret)
-        table.add_row("", "[dim]store it as the Custom LLM credential in Vapi[/]")
-    else:
+    if not settings.secret:
         table.add_row("API key", "[bold red]none: auth is off (--no-auth)[/]")
     table.add_row("Local URL", local)
     table.add_row("Upstream", "demo model (offline)" if settings.demo else settings.base_url)
     title = "vapi-bridge is ready" + (" (demo)" if settings.demo else "")
     console.print(Panel(table, title=title, border_style="green", expand=False))
+    if tunnel is not None:
+        console.print(
+            "[bold]Custom LLM URL[/] [dim](paste the base URL: Vapi appends /chat/completions)[/]"
+        )
+        _print_value(console, tunnel.public_url)
+    if settings.secret:
+        console.print("[bold]API key[/] [dim](store it as the Custom LLM credential in Vapi)[/]")
+        if console.is_terminal:
+            _print_value(console, settings.secret)
+        else:
+            held_in = state.path(settings.home, os.getpid())
+            _print_value(
+                console,
+                f"{keystore.mask(settings.secret)}  (masked: stderr is not a terminal; "
+                f'the whole key is "secret" in {held_in})',
+            )
     if tunnel_error is not None:
         console.print(f"[bold yellow]Tunnel not opened:[/] {tunnel_error.cli_message()}")
         console.print(f"[yellow]Still serving locally at {local}.[/]")
@@ -172,8 +206,13 @@ def _announce(
             f"[bold red]WARNING: listening on {settings.host}, beyond this machine; "
             "other hosts on the network can reach the bridge.[/]"
         )
-    console.print("[dim]Try it: vapi-bridge test   Stop: Ctrl-C[/]")
-    url = tunnel.public_url if tunnel is not None else (local if not settings.tunnel else None)
-    if url:
-        sys.stdout.write(url + "\n")
-        sys.stdout.flush()
+    try_it = "vapi-bridge test --public" if tunnel is not None else "vapi-bridge test"
+    console.print(f"[dim]Try it: {try_it}   Stop: Ctrl-C[/]")
+    # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
+    sys.stdout.write((tunnel.public_url if tunnel is not None else local) + "\n")
+    sys.stdout.flush()
+
+
+def _print_value(console: Console, value: str) -> None:
+    """One value on a line of its own, never wrapped or cropped by rich, no markup read."""
+    console.print(value, markup=False, highlight=False, soft_wrap=True, crop=False)

@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from flask import Flask
 
+# SIGHUP: the terminal closed. The ngrok agent runs in its own session and would not get it,
+# so the bridge stops as on Ctrl-C and stops the agent itself.
 STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
+    if hasattr(signal, name)
 )
 
 

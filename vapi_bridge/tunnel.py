@@ -1,11 +1,13 @@
 """The public URL: an ngrok tunnel opened through pyngrok, with a deadline and plain errors.
 
 pyngrok runs the ngrok agent binary and drives its local API. This module picks the binary
-(explicit path, ``PYNGROK_NGROK_PATH``, a real ``ngrok`` on ``PATH``, then pyngrok's own
-install), keeps the agent's config under the bridge's home instead of the user's ngrok config,
-hands the auth token to the agent through its environment rather than its command line (where
-``ps`` would show it), enforces its own start-up deadline (pyngrok only checks between log
-lines), and maps ngrok's error codes to one message each.
+(explicit path, ``PYNGROK_NGROK_PATH``, a real ``ngrok`` on ``PATH``, one it downloaded before,
+one pyngrok installed, else a download into the bridge's home), keeps the agent's config under
+the bridge's home instead of the user's ngrok config (nothing is written there), starts no
+agent without a token (it could only fail, after a download), hands the token to the agent
+through its environment rather than its command line (where ``ps`` would show it), enforces
+its own start-up deadline (pyngrok only checks between log lines), and maps ngrok's error
+codes to one message each.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ _ERRORS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class Tunnel:
-    """An open tunnel; :meth:`close` removes it and ends the agent process."""
+    """An open tunnel; :meth:`close` removes it and ends the agent process.
+
+    ``agent_pid`` is recorded in the bridge's state, so a bridge killed without cleaning up
+    leaves enough behind for the next start to stop its agent.
+    """
 
     public_url: str
+    agent_pid: int | None
     _config: Any
 
     def close(self) -> None:
@@ -80,6 +87,24 @@ def find_agent(explicit: str | None) -> str | None:
         if found and not _is_python_wrapper(Path(found)):
             return found
     return None
+
+
+def _agent_path(explicit: str | None, home: Path) -> tuple[str, bool]:
+    """The agent to run, and whether pyngrok must download it there first.
+
+    Downloads go into the bridge's home, never pyngrok's default folder (the user's own ngrok
+    config directory); an agent pyngrok installed there earlier is still used.
+    """
+    from pyngrok import conf, installer
+
+    found = find_agent(explicit)
+    if found:
+        return found, False
+    own = home / "bin" / installer.get_ngrok_bin()
+    for candidate in (own, Path(conf.DEFAULT_NGROK_PATH)):
+        if candidate.is_file():
+            return str(candidate), False
+    return str(own), True
 
 
 def _is_python_wrapper(path: Path) -> bool:
@@ -134,24 +159,33 @@ def open_tunnel(
     on_progress: Callable[[str], None] | None = None,
 ) -> Tunnel:
     """Open an HTTPS tunnel to ``local_url``; raises :class:`TunnelError` with cause and fix."""
+    if not authtoken:
+        raise TunnelError(
+            "The tunnel needs an ngrok auth token, and none is configured.",
+            hint="Get one free at https://dashboard.ngrok.com/get-started/your-authtoken, then "
+            "run `vapi-bridge configure-key --ngrok` (or set NGROK_AUTHTOKEN).",
+        )
     from pyngrok import conf, installer, ngrok
 
     logging.getLogger("pyngrok").setLevel(logging.CRITICAL)
     # pyngrok prints download progress on stdout, which carries only the URL here.
     installer._print_progress_enabled = False
-    agent = find_agent(ngrok_path)
-    if agent is None and not Path(conf.DEFAULT_NGROK_PATH).exists() and on_progress:
-        on_progress(f"Downloading the ngrok agent to {conf.DEFAULT_NGROK_PATH} (first run)...")
-    if authtoken:
-        os.environ["NGROK_AUTHTOKEN"] = authtoken
+    agent, download = _agent_path(ngrok_path, home)
+    if download and on_progress:
+        on_progress(f"Downloading the ngrok agent to {agent} (first run)...")
+    os.environ["NGROK_AUTHTOKEN"] = authtoken
     options: dict[str, Any] = {}
     if domain:
         options["url"] = domain if "://" in domain else f"https://{domain}"
     home.mkdir(parents=True, exist_ok=True)
     config = conf.PyngrokConfig(
-        ngrok_path=agent or conf.DEFAULT_NGROK_PATH,
+        ngrok_path=agent,
         config_path=str(home / "ngrok.yml"),
         startup_timeout=int(deadline) + 1,
+        # A terminal's Ctrl-C signals the whole foreground process group: in its own session
+        # the agent keeps carrying live replies through the grace period, and the bridge
+        # stops it last. (POSIX only: pyngrok 9 offers no process-group flag on Windows.)
+        start_new_session=os.name == "posix",
     )
     # pyngrok copies NGROK_AUTHTOKEN into `--authtoken` on the agent's command line, where any
     # local user can read it; the agent reads the same variable from its environment instead.
@@ -178,7 +212,16 @@ def open_tunnel(
         with contextlib.suppress(Exception):
             ngrok.kill(pyngrok_config=config)
         raise _tunnel_error(outcome["error"], authtoken) from None
-    return Tunnel(public_url=str(outcome["url"]), _config=config)
+    return Tunnel(public_url=str(outcome["url"]), agent_pid=_agent_pid(config), _config=config)
+
+
+def _agent_pid(config: Any) -> int | None:
+    """The running agent's pid, looked up without side effects (``ngrok.get_ngrok_process``
+    would start a new agent if this one had just died)."""
+    from pyngrok import process
+
+    running = process._current_processes.get(config.ngrok_path)
+    return int(running.proc.pid) if running is not None else None
 
 
 def _kill_starting_agent(ngrok_path: str) -> None:
