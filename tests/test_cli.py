@@ -131,8 +131,8 @@ def test_configure_key_show_remove_and_precedence(isolated_env: Path) -> None:
 
 
 def test_new_bridge_key_rotates(isolated_env: Path) -> None:
-    first = run_cli("configure-key", "--new-bridge-key").stdout.strip()
-    second = run_cli("configure-key", "--new-bridge-key").stdout.strip()
+    first = run_cli("configure-key", "--new-bridge-key", "--yes").stdout.strip()
+    second = run_cli("configure-key", "--new-bridge-key", "--yes").stdout.strip()
     assert first.startswith("vb_") and second.startswith("vb_") and first != second
     assert json.loads((isolated_env / "config.json").read_text())["bridge_secret"] == second
 

@@ -272,48 +272,135 @@ def configure_key(
     ngrok: Annotated[
         bool, typer.Option("--ngrok", help="Store the ngrok auth token instead.")
     ] = False,
+    vapi: Annotated[
+        bool,
+        typer.Option("--vapi", help="Store the Vapi private API key instead (for --assistant)."),
+    ] = False,
     stdin: Annotated[
         bool, typer.Option("--stdin", help="Read the key from standard input (no prompt).")
     ] = False,
     no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Store without checking it with SambaNova.")
+        bool, typer.Option("--no-verify", help="Store without checking it online first.")
     ] = False,
     show: Annotated[
         bool, typer.Option("--show", help="Show what is configured (masked) and from where.")
     ] = False,
     remove: Annotated[
-        bool, typer.Option("--remove", help="Remove the stored key (with --ngrok: the token).")
+        bool,
+        typer.Option("--remove", help="Remove the stored key (with --ngrok / --vapi: that one)."),
     ] = False,
     new_bridge_key: Annotated[
         bool, typer.Option("--new-bridge-key", help="Replace the bridge key Vapi sends.")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="With --new-bridge-key: do not ask (for scripts).")
+    ] = False,
     base_url: Annotated[
         str | None, typer.Option(help="SambaNova API base URL to verify against.")
     ] = None,
+    vapi_base_url: Annotated[
+        str | None,
+        typer.Option(help="Vapi API URL to verify --vapi against. [env: VAPI_BASE_URL]"),
+    ] = None,
 ) -> None:
-    """Store the SambaNova key (or the ngrok token) safely, verified first."""
+    """Store the SambaNova key (or the ngrok token, or the Vapi key) safely, verified first."""
     from vapi_bridge import configure
     from vapi_bridge.settings import home_dir, pick
 
+    configure.check_options(
+        [
+            option
+            for option, given in (
+                ("--show", show),
+                ("--remove", remove),
+                ("--new-bridge-key", new_bridge_key),
+                ("--ngrok", ngrok),
+                ("--vapi", vapi),
+                ("--stdin", stdin),
+                ("--no-verify", no_verify),
+                ("--yes", yes),
+                ("--base-url", base_url is not None),
+                ("--vapi-base-url", vapi_base_url is not None),
+            )
+            if given
+        ]
+    )
     env = settings.environment()
     home = home_dir(env)
     console = _stderr()
     if show:
         for label, value, source in configure.describe(home, env):
-            typer.echo(f"{label:30} {value:16} {source}")
+            typer.echo(f"{label:30} {value:16} {source}".rstrip())
         return
-    field = "ngrok_authtoken" if ngrok else "sambanova_api_key"
+    field = "ngrok_authtoken" if ngrok else "vapi_api_key" if vapi else "sambanova_api_key"
     if remove:
-        console.print(configure.remove(home, field))
+        console.print(configure.remove(home, field, env))
         return
     if new_bridge_key:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(
+                    "--new-bridge-key replaces the key Vapi sends, and there is no terminal "
+                    "to confirm it: nothing was changed.",
+                    hint="Add --yes to confirm in a script.",
+                )
+            # Asked on stderr and read from stdin by hand: stdout carries only the new key.
+            sys.stderr.write(
+                "Replace the bridge key? Vapi keeps sending the old one until its credential "
+                "is updated (serve --assistant does it). [y/N]: "
+            )
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                console.print("Kept the current bridge key.")
+                raise typer.Exit(1)
+        secret = configure.new_bridge_key(home)
         console.print("New bridge key stored. Update the Custom LLM credential in Vapi:")
-        typer.echo(configure.new_bridge_key(home))
+        typer.echo(secret)
         return
+    vapi_url = configure.vapi_base_url(vapi_base_url, env) if vapi else ""
     label = configure.label(field)
     raw = sys.stdin.readline() if stdin else typer.prompt(label, hide_input=True)
     url = pick("base_url", base_url, env, _stored(home), default=DEFAULT_BASE_URL)
-    console.print(configure.store(home, field, raw, verify=not no_verify, base_url=url))
+    console.print(
+        configure.store(
+            home, field, raw, verify=not no_verify, base_url=url, vapi_base_url=vapi_url
+        )
+    )
+
+
+@app.command()
+@_reports_errors
+def assistants(
+    vapi_base_url: Annotated[
+        str | None, typer.Option(help="Vapi API URL. [env: VAPI_BASE_URL]")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="List at most this many.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the list as JSON on stdout.")
+    ] = False,
+) -> None:
+    """List the Vapi account's assistants, to pick one for `serve --assistant ID`."""
+    import dataclasses
+    import json
+
+    from vapi_bridge import assistant, configure
+    from vapi_bridge.settings import home_dir
+    from vapi_bridge.vapi import VapiClient
+
+    env = settings.environment()
+    home = home_dir(env)
+    url = configure.vapi_base_url(vapi_base_url, env)
+    key = configure.vapi_api_key(home, env)
+    with VapiClient(key, url) as client:
+        found = client.list_assistants(limit=limit)
+    urls, keys = assistant.this_bridge(home)
+    rows = assistant.listing(found, urls=urls, keys=keys)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    elif rows:
+        typer.echo(assistant.table(rows))
+    else:
+        _stderr().print("This Vapi account has no assistants yet: create one in the dashboard.")
 
 
 @app.command(short_help="List SambaNova's models and how each behaves on a call.")

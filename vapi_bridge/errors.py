@@ -140,6 +140,19 @@ class TunnelError(BridgeError):
     code = "tunnel_error"
 
 
+class VapiError(BridgeError):
+    """Vapi's REST API (wiring an assistant) failed; ``vapi_status`` is its HTTP status.
+
+    The bridge keeps serving: wiring is a convenience on top of a working bridge.
+    """
+
+    code = "vapi_error"
+
+    def __init__(self, message: str, *, hint: str = "", vapi_status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.vapi_status = vapi_status
+
+
 class ProbeError(BridgeError):
     """``vapi-bridge test`` could not get a good reply from the server it checked."""
 

@@ -1,8 +1,9 @@
 """The stored config: one JSON file in the bridge's home, ``0600`` inside a ``0700`` folder.
 
-It holds the SambaNova key, the ngrok token and the bridge key, so it is written atomically
-through a file created with owner-only permissions from the start (never chmod-ed after the
-secret is already on disk), and anything printed goes through :func:`mask`.
+It holds the SambaNova key, the ngrok token, the bridge key and the Vapi private API key, so
+it is written atomically through a file created with owner-only permissions from the start
+(never chmod-ed after the secret is already on disk), and anything printed goes through
+:func:`mask`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ LABELS = {
     "sambanova_api_key": "SambaNova API key",
     "ngrok_authtoken": "ngrok auth token",
     "bridge_secret": "Bridge key (Vapi credential)",
+    "vapi_api_key": "Vapi private API key",
 }
 
 

@@ -27,6 +27,7 @@ from vapi_bridge.upstream import check_model_later
 
 if TYPE_CHECKING:
     from vapi_bridge.app import Bridge
+    from vapi_bridge.assistant import Link
     from vapi_bridge.settings import Settings
     from vapi_bridge.tunnel import Tunnel
 
@@ -37,6 +38,7 @@ def serve(settings: Settings, console: Console) -> None:
     """Run the bridge until a stop signal; raises :class:`ConfigError` on bad settings."""
     from vapi_bridge import server
 
+    link = _assistant_link(settings)
     # One process builds its app here; --workers builds it once in its own child, which
     # reports a bad key, hook or prompt file back as the same error.
     bridge: Bridge | None = None
@@ -71,20 +73,27 @@ def serve(settings: Settings, console: Console) -> None:
             settings.home, lambda text: console.print(text, style="yellow", markup=False)
         )
         tunnel, tunnel_error = _open_tunnel(settings, http.port, console)
+        public = tunnel.public_url if tunnel is not None else settings.public_url
         try:
             state.write(
                 settings.home,
                 state.record(
                     pid=os.getpid(),
                     local_url=local_url(settings.host, http.port),
-                    public_url=tunnel.public_url if tunnel is not None else None,
+                    public_url=public,
                     secret=settings.secret,
                     agent_pid=tunnel.agent_pid if tunnel is not None else None,
                 ),
             )
-            _announce(settings, http.port, tunnel, tunnel_error, console)
+            unwired = None
+            if link is not None:
+                model = settings.model or settings.default_model
+                unwired = link.open(public, model=model, bridge_key=settings.secret)
+            _announce(settings, http.port, public, tunnel_error, console, link, unwired)
             check_model_later(settings)
             server.wait(stop)
+            # First, so Vapi sends no new calls here while live ones finish.
+            _unwire(link, console)
             console.print("[dim]Stopping: finishing live replies...[/]")
             if bridge is not None:
                 bridge.draining = True
@@ -92,6 +101,7 @@ def serve(settings: Settings, console: Console) -> None:
             if cut:
                 console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
         finally:
+            _unwire(link, console)
             lost = bridge.close(settings.shutdown_grace) if bridge is not None else 0
             lost += getattr(http, "lost", 0)
             if lost:
@@ -103,6 +113,27 @@ def serve(settings: Settings, console: Console) -> None:
                 tunnel.close()
             state.remove(settings.home, os.getpid())
     console.print("[dim]vapi-bridge stopped.[/]")
+
+
+def _assistant_link(settings: Settings) -> Link | None:
+    """The Vapi assistant to wire, checked before anything starts (a missing key is exit 2)."""
+    if settings.assistant is None:
+        return None
+    from vapi_bridge.assistant import Link
+
+    return Link(
+        assistant_id=settings.assistant,
+        api_key=settings.vapi_api_key,
+        base_url=settings.vapi_base_url,
+        home=settings.home,
+        keep=settings.keep_assistant,
+    )
+
+
+def _unwire(link: Link | None, console: Console) -> None:
+    line = link.close() if link is not None else None
+    if line:
+        console.print(line, markup=False, highlight=False)
 
 
 def listen_hint(port: int, platform: str = sys.platform) -> str:
@@ -152,9 +183,11 @@ def _open_tunnel(
 def _announce(
     settings: Settings,
     port: int,
-    tunnel: Tunnel | None,
+    public: str | None,
     tunnel_error: TunnelError | None,
     console: Console,
+    link: Link | None = None,
+    unwired: str | None = None,
 ) -> None:
     """The panel, then what to paste into Vapi, each value alone on its own line.
 
@@ -177,13 +210,20 @@ def _announce(
         table.add_row("API key", "[bold red]none: auth is off (--no-auth)[/]")
     table.add_row("Local URL", local)
     table.add_row("Upstream", "demo model (offline)" if settings.demo else settings.base_url)
+    if link is not None and link.wired is not None:
+        table.add_row("Assistant", f"{link.wired.name} ({link.wired.id}): wired to this bridge")
     title = "vapi-bridge is ready" + (" (demo)" if settings.demo else "")
     console.print(Panel(table, title=title, border_style="green", expand=False))
-    if tunnel is not None:
+    if link is not None and link.wired is not None:
+        console.print(link.wired.describe(), markup=False, highlight=False)
+    if unwired is not None:
+        console.print("[bold yellow]Assistant not wired:[/] ", end="")
+        console.print(unwired, markup=False, highlight=False)
+    if public is not None:
         console.print(
             "[bold]Custom LLM URL[/] [dim](paste the base URL: Vapi appends /chat/completions)[/]"
         )
-        _print_value(console, tunnel.public_url)
+        _print_value(console, public)
     if settings.secret:
         console.print("[bold]API key[/] [dim](store it as the Custom LLM credential in Vapi)[/]")
         if console.is_terminal:
@@ -199,17 +239,17 @@ def _announce(
         console.print(f"[bold yellow]Tunnel not opened:[/] {tunnel_error.cli_message()}")
         console.print(f"[yellow]Still serving locally at {local}.[/]")
     if settings.secret is None:
-        where = "on the public internet through the tunnel" if tunnel else "without a key"
+        where = "on the public internet" if public else "without a key"
         console.print(f"[bold red]WARNING: anyone who finds this bridge can use it {where}.[/]")
     if settings.host not in LOOPBACK:
         console.print(
             f"[bold red]WARNING: listening on {settings.host}, beyond this machine; "
             "other hosts on the network can reach the bridge.[/]"
         )
-    try_it = "vapi-bridge test --public" if tunnel is not None else "vapi-bridge test"
+    try_it = "vapi-bridge test --public" if public is not None else "vapi-bridge test"
     console.print(f"[dim]Try it: {try_it}   Stop: Ctrl-C[/]")
     # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
-    sys.stdout.write((tunnel.public_url if tunnel is not None else local) + "\n")
+    sys.stdout.write((public or local) + "\n")
     sys.stdout.flush()
 
 

@@ -24,6 +24,7 @@ from vapi_bridge.errors import ConfigError
 APP_NAME = "vapi-bridge"
 DEFAULT_MODEL = "Meta-Llama-3.3-70B-Instruct"
 DEFAULT_BASE_URL = "https://api.sambanova.ai/v1"
+DEFAULT_VAPI_BASE_URL = "https://api.vapi.ai"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 DEFAULT_TUNNEL_TIMEOUT = 20.0
@@ -103,7 +104,7 @@ def _url(value: Any) -> str:
     except ValueError:
         raise ValueError("is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL, e.g. https://api.sambanova.ai/v1")
+        raise ValueError("must be an http:// or https:// URL")
     return text.rstrip("/")
 
 
@@ -242,6 +243,49 @@ class Settings:
         metavar="NAME=MODEL",
     )
     default_model: str = option(DEFAULT_MODEL, parse=_text)
+    assistant: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="Wire this Vapi assistant to the bridge while it runs (needs `configure-key "
+        "--vapi`); put back on stop.",
+        group=VAPI,
+        flag="--assistant",
+        env=("VAPI_ASSISTANT_ID",),
+        metavar="ID",
+    )
+    keep_assistant: bool = option(
+        False,
+        parse=_switch,
+        help="Leave the assistant wired to the bridge when it stops.",
+        group=VAPI,
+        flag="--keep-assistant",
+    )
+    public_url: str | None = option(
+        None,
+        parse=_optional(_url),
+        help="The bridge's own public HTTPS URL (behind your proxy or load balancer): "
+        "printed and wired instead of a tunnel's.",
+        group=VAPI,
+        flag="--public-url",
+        env=("VAPI_BRIDGE_PUBLIC_URL",),
+        metavar="URL",
+    )
+    vapi_api_key: str | None = option(
+        None,
+        parse=_optional(_text),
+        env=("VAPI_API_KEY",),
+        stored="vapi_api_key",
+        secret=True,
+    )
+    vapi_base_url: str = option(
+        DEFAULT_VAPI_BASE_URL,
+        parse=_url,
+        help="Vapi's API.",
+        group=VAPI,
+        flag="--vapi-base-url",
+        env=("VAPI_BASE_URL",),
+        metavar="URL",
+    )
     # Upstream
     api_key: str | None = option(
         None,
@@ -460,7 +504,11 @@ CONFLICTS: tuple[tuple[tuple[str, Any], tuple[str, Any], str], ...] = (
     (("tunnel", False), ("ngrok_path", None), "--no-tunnel runs no ngrok agent"),
     (("system_prompt", None), ("system_prompt_file", None), "give the prompt one way"),
     (("demo", True), ("base_url", None), "--demo sends nothing to SambaNova"),
+    (("public_url", None), ("tunnel", True), "--public-url is the URL instead of a tunnel's"),
+    (("public_url", None), ("domain", None), "--public-url is the URL instead of a tunnel's"),
 )
+# Flags that only mean something beside another: (flag name, the setting it needs).
+NEEDS: tuple[tuple[str, str], ...] = (("keep_assistant", "assistant"),)
 
 
 def load(
@@ -482,6 +530,14 @@ def load(
         if source is None:
             continue
         values[f.name] = _parse(spec, raw, source)
+    for name, needed in NEEDS:
+        if values.get(name) and not values.get(needed):
+            raise ConfigError(
+                f"{_flag(name, True)} needs {_flag(needed, True)}.",
+                hint=f"Add {_flag(needed, True)}, or leave out {_flag(name, True)}.",
+            )
+    if values.get("public_url"):
+        values["tunnel"] = False
     return Settings(**values)
 
 
@@ -592,7 +648,7 @@ def _short(raw: Any) -> str:
 
 def _hint(source: str) -> str:
     if source.startswith("--"):
-        return f"Fix {source}; `vapi-bridge serve --help` lists every option."
+        return f"Fix {source}; the command's --help lists its options."
     if source.startswith("the stored"):
         return "Fix it with `vapi-bridge configure-key`, or edit the stored config."
     return f"Fix or unset the environment variable {source.split(':')[0]}."

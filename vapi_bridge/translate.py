@@ -6,6 +6,10 @@ parameters in :data:`FORWARDED_PARAMS` ever leave the bridge; anything else is d
 because the SDK raises ``TypeError`` on unknown keywords and because Vapi's fields must never
 reach SambaNova. Legacy ``functions`` / ``function_call`` / ``function``-role messages are
 converted to their ``tools`` equivalents, the only shape SambaNova and Vapi both stream.
+
+The assistant's metadata reaches hooks and transcripts in both of Vapi's modes:
+``metadataSendMode: variable`` sends it as ``metadata``; ``destructured`` spreads its fields
+at the top level, where they are whatever is neither a chat parameter nor Vapi's own field.
 """
 
 from __future__ import annotations
@@ -51,6 +55,41 @@ FORWARDED_PARAMS = frozenset(
         "do_sample",
     }
 )
+
+
+# Chat-completions fields the bridge knows but does not forward (legacy or OpenAI-only).
+KNOWN_CHAT_FIELDS = frozenset(
+    {
+        "functions",
+        "function_call",
+        "user",
+        "store",
+        "modalities",
+        "audio",
+        "prediction",
+        "service_tier",
+        "web_search_options",
+        "verbosity",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+# Vapi's own top-level fields: never part of the assistant's (destructured) metadata.
+VAPI_FIELDS = frozenset(
+    {
+        "call",
+        "customer",
+        "phoneNumber",
+        "assistant",
+        "activeAssistant",
+        "credentials",
+        "toolDefinitionsExcluded",
+        "timestamp",
+        "org",
+        "metadata",
+    }
+)
+_NOT_METADATA = FORWARDED_PARAMS | KNOWN_CHAT_FIELDS | VAPI_FIELDS
 
 
 @dataclass(frozen=True)
@@ -119,7 +158,7 @@ def translate(
         stream=stream,
         include_usage=include_usage,
         call_id=_call_id(body),
-        metadata=body["metadata"] if isinstance(body.get("metadata"), dict) else {},
+        metadata=_metadata(body),
     )
 
 
@@ -350,6 +389,13 @@ def _tool_choice(body: dict[str, Any]) -> Any:
 
 
 _CHOICE_TEXT = "must be 'none', 'auto', 'required' or a function choice"
+
+
+def _metadata(body: dict[str, Any]) -> dict[str, Any]:
+    """The assistant's metadata, sent as ``metadata`` or spread at the top level."""
+    spread = {k: v for k, v in body.items() if k not in _NOT_METADATA}
+    sent = body.get("metadata")
+    return {**spread, **sent} if isinstance(sent, dict) else spread
 
 
 def _call_id(body: dict[str, Any]) -> str | None:

@@ -115,7 +115,9 @@ class Api(BaseHTTPRequestHandler):
         ENDPOINTS[name] = {
             "name": name,
             "uri": f"/api/endpoints/{name}",
-            "url": f"http://127.0.0.1:{forwarder.port}",
+            # FAKE_NGROK_HOST: report a public-looking host (for code that refuses loopback
+            # URLs, like assistant wiring); the forwarder still listens on loopback.
+            "url": f"http://{os.environ.get('FAKE_NGROK_HOST', '127.0.0.1')}:{forwarder.port}",
             "upstream": options["upstream"],
             "requested_url": options.get("url"),
         }

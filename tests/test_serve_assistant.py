@@ -1,0 +1,82 @@
+"""`serve --assistant`: the fake Vapi's assistant points at the tunnel while the bridge runs,
+and is put back when it stops; Vapi failures are one line and the bridge keeps serving."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fakes.sambanova import FakeSambaNova
+from tests.fakes.vapi_api import GOOD_KEY, FakeVapi
+from tests.helpers import SECRET, vapi_request
+from tests.process import Serve, run_cli, tunnel_env
+
+MODEL: dict[str, Any] = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "messages": [{"role": "system", "content": "You are Riley."}],
+    "tools": [{"type": "function", "function": {"name": "book", "parameters": {}}}],
+    "maxTokens": 180,
+}
+
+
+def vapi_env(vapi: FakeVapi) -> dict[str, str]:
+    return {"VAPI_API_KEY": GOOD_KEY, "VAPI_BASE_URL": vapi.base_url}
+
+
+def test_serve_wires_the_assistant_to_the_tunnel_and_ctrl_c_puts_it_back(
+    fake: FakeSambaNova, tmp_path: Path
+) -> None:
+    with FakeVapi() as vapi:
+        riley = vapi.add(name="Riley", model=copy.deepcopy(MODEL))["id"]
+        env, args, _ = tunnel_env(fake, tmp_path)
+        env = {**env, **vapi_env(vapi), "FAKE_NGROK_HOST": "riley-test.ngrok-free.app"}
+        with Serve(*args, "--assistant", riley, env=env) as serve:
+            public = serve.stdout_line()
+            assert public.startswith("http://riley-test.ngrok-free.app:")
+            serve.wait_stderr(lambda line: "now uses this bridge" in line)
+            wired = vapi.get(riley)
+            assert wired["model"]["provider"] == "custom-llm"
+            assert wired["model"]["url"] == public
+            assert wired["model"]["messages"] == MODEL["messages"]
+            assert wired["model"]["tools"] == MODEL["tools"]
+            assert wired["model"]["maxTokens"] == 180
+            credential = next(c for c in wired["credentials"] if c["provider"] == "custom-llm")
+            assert credential["apiKey"] == SECRET
+            # The credential Vapi will send is accepted (the fake host does not resolve, so
+            # through the tunnel's loopback side).
+            tunnel_side = public.replace("riley-test.ngrok-free.app", "127.0.0.1")
+            reply = httpx.post(
+                tunnel_side + "/chat/completions",
+                json=vapi_request(),
+                headers={"Authorization": f"Bearer {credential['apiKey']}"},
+            )
+            assert reply.status_code == 200
+            assert serve.stop("SIGINT") == 0
+        restored = vapi.get(riley)
+        assert restored["model"] == MODEL
+        assert not any(c.get("provider") == "custom-llm" for c in restored.get("credentials", []))
+        assert GOOD_KEY not in serve.stderr + "".join(serve.err_lines)
+
+
+def test_a_vapi_failure_is_one_line_and_the_bridge_keeps_serving(fake: FakeSambaNova) -> None:
+    with FakeVapi() as vapi:
+        env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
+        args = ["--port", "0", "--secret", SECRET, "--public-url", "https://bridge.example.com"]
+        with Serve(*args, "--assistant", "no-such-assistant", env={**env, **vapi_env(vapi)}) as s:
+            assert s.stdout_line() == "https://bridge.example.com"
+            line = s.wait_stderr(lambda line: "Assistant not wired" in line)
+            assert "404" in line or "not found" in line.lower()
+            assert run_cli("test", "--json").returncode == 0, "still serving"
+            assert s.stop() == 0
+        assert "Traceback" not in s.stderr and GOOD_KEY not in s.stderr
+
+
+def test_assistant_flags_need_their_key_and_each_other() -> None:
+    no_key = run_cli("serve", "--demo", "--no-tunnel", "--assistant", "abc")
+    assert no_key.returncode == 2 and "configure-key --vapi" in no_key.stderr
+    alone = run_cli("serve", "--demo", "--no-tunnel", "--keep-assistant")
+    assert alone.returncode == 2 and "--keep-assistant needs --assistant" in alone.stderr
