@@ -46,6 +46,9 @@ class RequestRecord:
     think_ms: float | None = None
     total_ms: float | None = None
     chunks: int = 0
+    tried: list[str] = field(default_factory=list)
+    hedged: bool = False
+    rate_remaining: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     outcome: str = "ok"
@@ -62,6 +65,10 @@ class RequestRecord:
     def first_speech_at(self, when: float | None) -> None:
         if when is not None:
             self.ttfs_ms = self._since_start(when)
+
+    def attempts(self, story: list[str], *, hedged: bool) -> None:
+        """What happened to each model asked, in order (``A(429)>B``)."""
+        self.tried, self.hedged = story, hedged
 
     def _since_start(self, when: float) -> float:
         return round((when - self.started) * 1000, 1)
@@ -99,6 +106,10 @@ class RequestRecord:
         parts.append(f"total={self.total_ms:.0f}ms")
         if self.stream:
             parts.append(f"chunks={self.chunks}")
+        if len(self.tried) > 1:
+            parts.append("attempts=" + ">".join(self.tried) + (" hedged" if self.hedged else ""))
+        if self.rate_remaining is not None:
+            parts.append(f"remaining={self.rate_remaining}")
         if self.prompt_tokens is not None or self.completion_tokens is not None:
             parts.append(f"tokens={self.prompt_tokens}/{self.completion_tokens}")
         if self.outcome != "ok":
