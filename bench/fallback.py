@@ -3,8 +3,9 @@
 The fake SambaNova's primary model answers 429 (Retry-After: 1) to 30 % of requests and
 never sends a first token to 10 % (then a second mix: stalls only); the fallback answers
 every request (40 chunks, 20 ms apart, 50 ms to the first token). 20 concurrent
-conversations each take turns for the run's duration. Reported per configuration: turns, failed turns (an HTTP error, a cut reply or the
-apology), and the time to the first spoken chunk (p50, p99) as the caller would hear it.
+conversations each take turns for the run's duration. Reported per configuration: turns,
+failed turns (an HTTP error, a cut reply or the apology), and the time to the first spoken
+chunk (p50, p99) as the caller would hear it.
 
     python bench/fallback.py [--seconds 20] [--concurrency 20] [--attempt-timeout 1]
 """
