@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, vapi_request
 from tests.fakes.sambanova import FakeSambaNova
+from tests.helpers import SECRET, vapi_request
 from tests.process import free_port
 from vapi_bridge import sse
 

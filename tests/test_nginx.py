@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, vapi_request
 from tests.fakes.sambanova import FakeSambaNova, Script, text_chunks
+from tests.helpers import SECRET, vapi_request
 from tests.process import Serve, free_port
 from vapi_bridge import sse
 
