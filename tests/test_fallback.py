@@ -171,3 +171,13 @@ def test_the_panel_shows_the_fallback_chain(fake: FakeSambaNova) -> None:
 @pytest.fixture
 def bridge_with_fallback(start_bridge: BridgeFactory) -> RunningBridge:
     return start_bridge(fallback_models=(GOOD,))
+
+
+def test_a_slow_model_without_a_fallback_gets_the_whole_turn(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    """The attempt timeout is for moving on to another model, not for asking twice."""
+    bridge = start_bridge(attempt_timeout=0.2, upstream_timeout=5)
+    response = bridge.post({**vapi_request(), "model": "slowfirst-600"})
+    assert heard(response) == FULL
+    assert asked(fake) == ["slowfirst-600"]

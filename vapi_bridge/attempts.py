@@ -254,8 +254,10 @@ class Attempts:
         return True
 
     def _attempt_deadline(self, attempt: Attempt) -> float:
-        # Only an attempt with something to fall back to gets the short per-attempt limit.
-        if self._pending or len(self._running) > 1:
+        # Only an attempt with another model to fall back to gets the short per-attempt limit;
+        # a slow model is not asked the same question again (that only queues it twice).
+        other_model = any(model != attempt.model for model in self._pending)
+        if other_model or len(self._running) > 1:
             return min(attempt.started + self.policy.attempt_timeout, self.deadline)
         return self.deadline
 
