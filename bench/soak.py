@@ -32,6 +32,7 @@ from bench._harness import (
     start_fake,
     stop,
 )
+from vapi_bridge import sse
 
 MESSAGES = [
     {"role": "system", "content": "You are Riley, a scheduling assistant. Keep answers short."},
@@ -42,7 +43,8 @@ MESSAGES = [
 SCENARIOS = {
     "complete": (55, "paced-30-20"),
     "barge_in": (25, "paced-30-20"),
-    "upstream_fails_before_first_byte": (10, "fail-503"),
+    # 401: a failure the apology never hides, so the bridge answers it with a status.
+    "upstream_fails_before_first_byte": (10, "fail-401"),
     "upstream_drops_mid_stream": (10, "drop"),
 }
 
@@ -67,15 +69,17 @@ class Tally:
             self.garbled.append(why)
 
 
-def check_line(line: str) -> str | None:
-    """Why Vapi would choke on this line, or None."""
-    if not line.startswith("data: "):
-        return f"not a data line: {line[:60]!r}"
-    payload = line[6:]
-    if payload == "[DONE]":
+def check_event(event: sse.Event) -> str | None:
+    """Why Vapi would choke on this event, or None."""
+    if event.comment is not None:
+        ok = event.comment.startswith(sse.CUT_PREFIX)
+        return None if ok else f"an unexpected comment: {event.comment[:60]!r}"
+    if event.event:
+        return f"an event line: {event.event[:60]!r}"
+    if event.done:
         return None
     try:
-        chunk = json.loads(payload)
+        chunk = json.loads(event.data)
     except ValueError:
         return "non-JSON data"
     if not isinstance(chunk.get("choices"), list):
@@ -108,19 +112,16 @@ def conversation(
                     response.read()
                     tally.error(f"HTTP {response.status_code}")
                     continue
-                lines = 0
                 done = False
-                for line in response.iter_lines():
-                    if not line:
-                        continue
+                events = sse.events(response.iter_lines(), comments=True)
+                for seen, event in enumerate(events, start=1):
                     if done:
                         tally.garble("data after [DONE]")
-                    problem = check_line(line)
+                    problem = check_event(event)
                     if problem:
                         tally.garble(problem)
-                    done = done or line == "data: [DONE]"
-                    lines += 1
-                    if hang_up_after is not None and lines >= hang_up_after:
+                    done = done or event.done
+                    if hang_up_after is not None and seen >= hang_up_after:
                         break
                 if hang_up_after is not None and not done:
                     tally.add("aborted_by_client")
