@@ -216,23 +216,7 @@ def wire(
         secrets += _credential_secrets(current.get("credentials"))
         saved = read_saved(home, assistant_id)
         new_model, dropped = bridge_model(_model_of(current), url=url, model=model, headers=headers)
-        known = [url, *_wired_urls(saved)]
-        if points_at_bridge(current, urls=known, keys=secrets):
-            # The assistant holds a bridge's configuration: never save it as the original.
-            original = "none" if saved is None else "kept"
-        else:
-            # Its own configuration (a saved file, if any, is stale: it was put back by hand).
-            original = "saved"
-            saved = {
-                "assistant_id": assistant_id,
-                "name": _name(current),
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "original": {
-                    "model": current.get("model"),
-                    "credentials": current.get("credentials"),
-                },
-                "wired_urls": [],
-            }
+        original, saved = _original(current, saved, assistant_id, url=url, keys=secrets)
         if saved is not None:
             # Recorded before the PATCH: if its answer is lost, the URL may be in use already.
             urls = _wired_urls(saved)
@@ -252,6 +236,28 @@ def wire(
     except VapiError as exc:
         raise _redacted(exc, secrets) from None
     return WiredAssistant(assistant_id, _name(current), url, model, original, dropped)
+
+
+def _original(
+    current: Mapping[str, Any],
+    saved: dict[str, Any] | None,
+    assistant_id: str,
+    *,
+    url: str,
+    keys: list[str],
+) -> tuple[str, dict[str, Any] | None]:
+    """What to keep as the assistant's original: ``saved`` now, ``kept`` (an earlier run
+    saved it), or ``none`` (it already held a bridge's configuration, never to be saved)."""
+    if points_at_bridge(current, urls=[url, *_wired_urls(saved)], keys=keys):
+        return ("none" if saved is None else "kept"), saved
+    # Its own configuration (a saved file, if any, is stale: it was put back by hand).
+    return "saved", {
+        "assistant_id": assistant_id,
+        "name": _name(current),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "original": {"model": current.get("model"), "credentials": current.get("credentials")},
+        "wired_urls": [],
+    }
 
 
 def restore(client: VapiClient, assistant_id: str, home: Path) -> str:

@@ -229,13 +229,7 @@ def _exchange(
             ) as response,
         ):
             result.status = response.status_code
-            answered = response.headers.get(sse.MODEL_HEADER)
-            if answered and answered != body.get("model"):
-                result.answered_by = _clean_line(answered)
-                result.warnings.append(
-                    f"{body.get('model')} did not answer; the bridge's fallback "
-                    f"{result.answered_by} did (its log says why)."
-                )
+            _note_answering_model(result, response.headers.get(sse.MODEL_HEADER), body)
             if response.status_code >= 300:
                 response.read()
                 raise _status_error(response)
@@ -244,34 +238,49 @@ def _exchange(
                 judge.stream(content_type, response.iter_lines())
             else:
                 judge.body(response.read())
-    except httpx.ConnectTimeout:
-        raise ProbeError(
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+        raise _transport_error(exc, target, timeout, local) from None
+
+
+def _note_answering_model(result: ProbeResult, answered: str | None, body: dict[str, Any]) -> None:
+    """A bridge names the model that answered; another than the one asked is a fallback."""
+    if answered and answered != body.get("model"):
+        result.answered_by = _clean_line(answered)
+        result.warnings.append(
+            f"{body.get('model')} did not answer; the bridge's fallback "
+            f"{result.answered_by} did (its log says why)."
+        )
+
+
+def _transport_error(exc: Exception, target: str, timeout: float, local: bool) -> ProbeError:
+    """What went wrong on the way to the server, in words."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ProbeError(
             f"Could not connect to {target} within {min(timeout, CONNECT_TIMEOUT):g}s.",
             hint=_connect_hint(local),
-        ) from None
-    except httpx.ConnectError as exc:
+        )
+    if isinstance(exc, httpx.ConnectError):
         reason = f": {exc}" if str(exc) else ""
-        raise ProbeError(
+        return ProbeError(
             f"Could not connect to {target}{_clean_line(reason)}.", hint=_connect_hint(local)
-        ) from None
-    except httpx.TimeoutException:
-        raise _timeout(target, timeout) from None
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        raise ProbeError(
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return _timeout(target, timeout)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return ProbeError(
             f"The server at {target} broke the connection before the reply ended "
             f"({exc.__class__.__name__}).",
             hint="Check the server's log; it may have crashed or dropped the stream.",
-        ) from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise ProbeError(
+        )
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        return ProbeError(
             f"The request to {target} failed: {exc.__class__.__name__}: {_clean_line(str(exc))}.",
             hint="Check the URL and the server's log.",
-        ) from None
-    except OSError as exc:
-        raise ProbeError(
-            f"The request to {target} could not be set up: {_clean_line(str(exc))}.",
-            hint="Check the TLS and proxy settings in the environment (SSL_CERT_FILE, ...).",
-        ) from None
+        )
+    return ProbeError(
+        f"The request to {target} could not be set up: {_clean_line(str(exc))}.",
+        hint="Check the TLS and proxy settings in the environment (SSL_CERT_FILE, ...).",
+    )
 
 
 def _timeout(target: str, timeout: float) -> ProbeError:

@@ -165,7 +165,7 @@ def open_tunnel(
             hint="Get one free at https://dashboard.ngrok.com/get-started/your-authtoken, then "
             "run `vapi-bridge configure-key --ngrok` (or set NGROK_AUTHTOKEN).",
         )
-    from pyngrok import conf, installer, ngrok
+    from pyngrok import installer
 
     logging.getLogger("pyngrok").setLevel(logging.CRITICAL)
     # pyngrok prints download progress on stdout, which carries only the URL here.
@@ -177,6 +177,14 @@ def open_tunnel(
     options: dict[str, Any] = {}
     if domain:
         options["url"] = domain if "://" in domain else f"https://{domain}"
+    config = _pyngrok_config(agent, home, deadline)
+    url = _connect_within(config, local_url, options, deadline, authtoken)
+    return Tunnel(public_url=url, agent_pid=_agent_pid(config), _config=config)
+
+
+def _pyngrok_config(agent: str, home: Path, deadline: float) -> Any:
+    from pyngrok import conf
+
     home.mkdir(parents=True, exist_ok=True)
     config = conf.PyngrokConfig(
         ngrok_path=agent,
@@ -190,6 +198,15 @@ def open_tunnel(
     # pyngrok copies NGROK_AUTHTOKEN into `--authtoken` on the agent's command line, where any
     # local user can read it; the agent reads the same variable from its environment instead.
     config.auth_token = None
+    return config
+
+
+def _connect_within(
+    config: Any, local_url: str, options: dict[str, Any], deadline: float, authtoken: str
+) -> str:
+    """``ngrok.connect`` with a deadline of our own (pyngrok checks its own between lines)."""
+    from pyngrok import ngrok
+
     outcome: dict[str, Any] = {}
 
     def connect() -> None:
@@ -212,7 +229,7 @@ def open_tunnel(
         with contextlib.suppress(Exception):
             ngrok.kill(pyngrok_config=config)
         raise _tunnel_error(outcome["error"], authtoken) from None
-    return Tunnel(public_url=str(outcome["url"]), agent_pid=_agent_pid(config), _config=config)
+    return str(outcome["url"])
 
 
 def _agent_pid(config: Any) -> int | None:
