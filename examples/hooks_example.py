@@ -31,4 +31,5 @@ def add_date(request: HookRequest) -> HookRequest:
 
 
 def print_latency(reply: HookReply) -> None:
-    log.info("call %s: first token %s ms, %d chars", reply.call_id, reply.ttft_ms, len(reply.text))
+    call = reply.call_id or "(not a Vapi call)"
+    log.info("call %s: first token %s ms, %d chars", call, reply.ttft_ms, len(reply.text))

@@ -8,6 +8,8 @@ bridge's log line says. docs/faults.md is this table in prose.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +188,33 @@ def test_no_first_token_within_the_deadline_is_a_504_even_after_the_headers(
     response = bridge.post(vapi_request())
     assert response.status_code == 504
     assert "within 0.6s" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"<html>not json</html>", "not JSON"),
+        ({"choices": ["not an object"]}, "`choices[0]` is not an object"),
+        ({"choices": [{"message": "hi"}]}, "`choices[0].message` is not an object"),
+        ({"choices": "none"}, "`choices` is not a list"),
+    ],
+)
+def test_a_malformed_whole_reply_is_named_not_blamed_on_the_network(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, tmp_path: Path, body: Any, says: str
+) -> None:
+    """Hooks and transcripts on: the body is judged before anything reads it."""
+    bridge = start_bridge(transcript_dir=tmp_path / "t", no_apology=True)
+    fake.push(*[Script(kind="json", body=body)] * 3)
+    response = bridge.post({**vapi_request(), "stream": False})
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_bad_response" and says in error["message"]
+    assert bridge.post(vapi_request()).status_code == 200, "the bridge keeps serving"
+
+
+def test_sambanovas_own_words_end_with_a_full_stop_before_the_advice(
+    start_bridge: BridgeFactory,
+) -> None:
+    response = start_bridge(no_apology=True).post({**vapi_request(), "model": "fail-404"})
+    message = response.json()["error"]["message"]
+    assert "SambaNova said: fake failure 404. Enter a SambaNova model name" in message

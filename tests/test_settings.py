@@ -178,3 +178,10 @@ def test_serve_misuse_is_one_clear_line(
     assert result.returncode == 2, result.stderr
     assert says in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_contradictions_outside_serve_are_refused_too() -> None:
+    both = run_cli("test", "--public", "--url", "http://127.0.0.1:1")
+    assert both.returncode == 2 and "contradict" in both.stderr
+    assert run_cli("-V").stdout.startswith("vapi-bridge ")
+    assert "Commands:" in run_cli("-h").stdout

@@ -236,6 +236,12 @@ def test(
 
     env = settings.environment()
     try:
+        if public and url is not None:
+            raise ConfigError(
+                "--public and --url contradict each other: --public tests the running "
+                "bridge's tunnel URL.",
+                hint="Drop one of them.",
+            )
         base, key = state.target(url, public, secret, env, home_dir(env))
     except BridgeError as exc:
         if as_json:

@@ -196,6 +196,9 @@ def _map_upstream_status(upstream_status: int | None) -> tuple[int, str]:
 
 def upstream_status_message(upstream_status: int, model: str, detail: str) -> tuple[str, str]:
     """Message and hint for an HTTP error status SambaNova answered with."""
+    detail = detail.strip()
+    if detail and detail[-1] not in ".!?":
+        detail += "."
     detail = f" SambaNova said: {detail}" if detail else ""
     if upstream_status == 401:
         return (
