@@ -8,7 +8,6 @@ they become an HTTP status with an OpenAI-style body.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -18,13 +17,13 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from vapi_bridge import __version__, sse
+from vapi_bridge.auth import Guard, token_endpoint
 from vapi_bridge.errors import (
     BridgeError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
 )
 from vapi_bridge.middleware import Middleware, build_middleware
 from vapi_bridge.models import reasoning_params
@@ -42,6 +41,7 @@ log = logging.getLogger("vapi_bridge")
 CHAT_PATHS = ("/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions")
 # Load balancers and orchestrators ask these every few seconds: logged only when they fail.
 PROBE_PATHS = ("/health", "/ready")
+TOKEN_PATH = "/oauth/token"
 EXTENSION = "vapi_bridge"
 
 
@@ -51,6 +51,7 @@ class Bridge:
     def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
         # Built in the order things can fail, and released if a later part fails.
         self.settings = settings
+        self.guard = Guard.from_settings(settings)
         self.upstream = upstream if upstream is not None else open_upstream(settings)
         try:
             self.middleware: Middleware = build_middleware(settings)
@@ -130,7 +131,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
     model_map = dict(settings.model_map)
 
     def chat() -> Response:
-        authorise(settings.secret)
+        bridge.guard.chat(request.headers.get("Authorization", ""))
         chat_request = translate(
             read_json(),
             default_model=settings.default_model,
@@ -164,10 +165,27 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
             return json_response({"status": "draining"}, status=503)
         return json_response({"status": "ready"})
 
+    if bridge.guard.oauth is not None:
+        client = bridge.guard.oauth
+
+        @app.post(TOKEN_PATH)
+        def oauth_token() -> Response:
+            answer = token_endpoint(
+                client,
+                authorization=request.headers.get("Authorization", ""),
+                content_type=request.headers.get("Content-Type", ""),
+                body=request.get_data(cache=False),
+            )
+            if answer.status != 200:
+                g.record.error = answer.body["error"]
+            response = json_response(answer.body, status=answer.status)
+            response.headers.update(answer.headers)
+            return response
+
     @app.get("/models")
     @app.get("/v1/models")
     def models() -> Response:
-        authorise(settings.secret)
+        bridge.guard.chat(request.headers.get("Authorization", ""))
         names = [settings.model or settings.default_model]
         names += [name for name in model_map if name not in names]
         created = int(time.time())
@@ -180,21 +198,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
     register_request_log(app, settings)
     register_error_handlers(app)
     return app
-
-
-def authorise(secret: str | None) -> None:
-    """Accept ``Authorization: Bearer <key>`` (or the bare key) when a key is configured."""
-    if secret is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else header.strip()
-    if not token or not hmac.compare_digest(token.encode(), secret.encode()):
-        raise Unauthorized(
-            "Missing or wrong bridge key.",
-            hint="In Vapi, set the Custom LLM credential to the key `vapi-bridge serve` "
-            "printed (sent as 'Authorization: Bearer <key>').",
-        )
 
 
 def read_json() -> Any:
@@ -242,6 +245,8 @@ def register_error_handlers(app: Flask) -> None:
         response = json_response(exc.body(), status=exc.status)
         if exc.retry_after:
             response.headers["Retry-After"] = exc.retry_after
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="vapi-bridge"'
         return response
 
     @app.errorhandler(HTTPException)
