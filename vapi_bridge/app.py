@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -24,7 +25,9 @@ from vapi_bridge.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    UpstreamError,
 )
+from vapi_bridge.metrics import OTHER, Metrics
 from vapi_bridge.middleware import Middleware, build_middleware
 from vapi_bridge.models import reasoning_params
 from vapi_bridge.reasoning import ReasoningFilter, strip_reasoning
@@ -41,7 +44,10 @@ log = logging.getLogger("vapi_bridge")
 CHAT_PATHS = ("/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions")
 # Load balancers and orchestrators ask these every few seconds: logged only when they fail.
 PROBE_PATHS = ("/health", "/ready")
+METRICS_PATH = "/metrics"
 TOKEN_PATH = "/oauth/token"
+# Counted in the metrics like every request, but logged only when they fail.
+QUIET_PATHS = (*PROBE_PATHS, METRICS_PATH)
 EXTENSION = "vapi_bridge"
 
 
@@ -52,6 +58,7 @@ class Bridge:
         # Built in the order things can fail, and released if a later part fails.
         self.settings = settings
         self.guard = Guard.from_settings(settings)
+        self.metrics = Metrics(settings.metrics_dir)
         self.upstream = upstream if upstream is not None else open_upstream(settings)
         try:
             self.middleware: Middleware = build_middleware(settings)
@@ -150,6 +157,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         g.deferred_log = True
         response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
         response.call_on_close(turn.close)
+        bridge.metrics.stream_started()
+        response.call_on_close(bridge.metrics.stream_ended)
         return response
 
     for path in CHAT_PATHS:
@@ -164,6 +173,12 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         if bridge.draining or bridge.live.stopping.is_set():
             return json_response({"status": "draining"}, status=503)
         return json_response({"status": "ready"})
+
+    @app.get(METRICS_PATH)
+    def scrape() -> Response:
+        bridge.guard.metrics(request.headers.get("Authorization", ""))
+        body, content_type = bridge.metrics.render(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     if bridge.guard.oauth is not None:
         client = bridge.guard.oauth
@@ -195,7 +210,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         ]
         return json_response({"object": "list", "data": data})
 
-    register_request_log(app, settings)
+    register_request_log(app, settings, bridge.metrics)
     register_error_handlers(app)
     return app
 
@@ -215,13 +230,17 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-def register_request_log(app: Flask, settings: Settings) -> None:
-    """One log line per request; a stream logs its own line when it ends."""
+def register_request_log(app: Flask, settings: Settings, metrics: Metrics) -> None:
+    """One log line per request (a stream logs its own line when it ends), and every finished
+    record counted in the metrics under its route pattern: bounded, never the raw path."""
 
     @app.before_request
     def start_record() -> None:
-        g.record = RequestRecord(method=request.method, path=safe_path(request.path))
-        g.deferred_log = request.path in PROBE_PATHS
+        record = RequestRecord(method=request.method, path=safe_path(request.path))
+        route = request.url_rule.rule if request.url_rule is not None else OTHER
+        record.observer = partial(metrics.observe, route=route)
+        g.record = record
+        g.quiet = request.path in QUIET_PATHS
 
     @app.after_request
     def finish_record(response: Response) -> Response:
@@ -229,9 +248,14 @@ def register_request_log(app: Flask, settings: Settings) -> None:
         if record is None:
             return response
         record.status = response.status_code
-        if not g.get("deferred_log") or response.status_code >= 400:
-            if response.status_code >= 400:
-                record.outcome = "rejected" if response.status_code < 500 else "failed"
+        if response.status_code >= 400:
+            record.outcome = "rejected" if response.status_code < 500 else "failed"
+            record.emit(settings.log_format)
+        elif g.get("deferred_log"):
+            pass  # the stream emits its record when it ends
+        elif g.get("quiet"):
+            record.finish()
+        else:
             record.emit(settings.log_format)
         return response
 
@@ -242,6 +266,8 @@ def register_error_handlers(app: Flask) -> None:
         record: RequestRecord | None = g.get("record")
         if record is not None:
             record.error = f"{exc.code}: {exc.message}"
+            if isinstance(exc, UpstreamError) and not record.upstream_failures:
+                record.upstream_failures.append(exc.code)
         response = json_response(exc.body(), status=exc.status)
         if exc.retry_after:
             response.headers["Retry-After"] = exc.retry_after

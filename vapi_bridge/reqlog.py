@@ -1,7 +1,8 @@
 """One log line per request, on stderr: what an operator needs, and nothing private.
 
 A record holds timings, counts and Vapi's call id; never a body, a header, a key or a phone
-number. ``text`` is for people, ``json`` for log collectors.
+number. ``text`` is for people, ``json`` for log collectors. When the request is over, the
+record's observer (the metrics) sees it once, whether or not it is logged.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 logger = logging.getLogger("vapi_bridge.requests")
@@ -30,6 +32,8 @@ def safe_path(path: str) -> str:
 
 
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+# Fields that are not figures about the request: never logged.
+_INTERNAL = ("started", "observer")
 
 
 @dataclass
@@ -50,6 +54,14 @@ class RequestRecord:
     completion_tokens: int | None = None
     outcome: str = "ok"
     error: str | None = None
+    # Each upstream failure met, by error code (a bounded set); a turn that tries another
+    # model may record one per failed attempt.
+    upstream_failures: list[str] = field(default_factory=list)
+    # How many times this turn moved on to another model.
+    fallbacks: int | None = None
+    observer: Callable[[RequestRecord], None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def first_token(self) -> None:
         """SambaNova's first token (chunk) arrived now."""
@@ -73,12 +85,27 @@ class RequestRecord:
             self.completion_tokens = completion if isinstance(completion, int) else None
 
     def emit(self, log_format: str) -> None:
-        self.total_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        self.finish()
         level = logging.WARNING if self.status >= 500 or self.outcome != "ok" else logging.INFO
         logger.log(level, self.json() if log_format == "json" else self.text())
 
+    def finish(self) -> None:
+        """The request is over: fix its total time; the observer sees it once, and a failing
+        observer never fails the request."""
+        self.total_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        observer, self.observer = self.observer, None
+        if observer is not None:
+            try:
+                observer(self)
+            except Exception:
+                logger.exception("the request record's observer failed")
+
     def json(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "started" and v is not None}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in _INTERNAL and getattr(self, f.name) not in (None, [])
+        }
         data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return json.dumps(data, separators=(",", ":"))
 
@@ -101,6 +128,8 @@ class RequestRecord:
             parts.append(f"chunks={self.chunks}")
         if self.prompt_tokens is not None or self.completion_tokens is not None:
             parts.append(f"tokens={self.prompt_tokens}/{self.completion_tokens}")
+        if self.fallbacks:
+            parts.append(f"fallbacks={self.fallbacks}")
         if self.outcome != "ok":
             parts.append(f"outcome={self.outcome}")
         if self.error:
