@@ -183,7 +183,8 @@ def test_rejected_sambanova_key_does_not_read_like_a_vapi_credential(
     assert "not about the Vapi credential" in message and "configure-key" in message
 
 
-def test_rate_limit_passes_retry_after(bridge: RunningBridge, fake: FakeSambaNova) -> None:
+def test_rate_limit_passes_retry_after(start_bridge: BridgeFactory, fake: FakeSambaNova) -> None:
+    bridge = start_bridge(no_apology=True)
     limited = Script(
         kind="status",
         status=429,

@@ -70,7 +70,7 @@ FAULTS = [
         502,
         "upstream_error",
         log="queue is full",
-        scripts=[Script(chunks=[ERROR_FRAME])],
+        scripts=[Script(chunks=[ERROR_FRAME])] * 3,
     ),
     Fault(
         "reset mid-stream",
@@ -124,7 +124,7 @@ FAULTS = [
 def test_upstream_fault(
     start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture, fault: Fault
 ) -> None:
-    bridge = start_bridge(upstream_timeout=0.5, stall_timeout=0.5)
+    bridge = start_bridge(upstream_timeout=0.5, stall_timeout=0.5, no_apology=True)
     fake.push(*fault.scripts)
     response = bridge.post({**vapi_request(), "model": fault.model})
     assert response.status_code == fault.status
@@ -148,10 +148,9 @@ def test_upstream_fault(
 
 
 def test_connection_refused(start_bridge: BridgeFactory, logs: LogCapture) -> None:
-    upstream = SambaNovaUpstream(
-        api_key="k", base_url=f"http://127.0.0.1:{closed_port()}/v1", first_token_timeout=0.5
-    )
-    response = start_bridge(upstream=upstream).post(vapi_request())
+    upstream = SambaNovaUpstream(api_key="k", base_url=f"http://127.0.0.1:{closed_port()}/v1")
+    bridge = start_bridge(upstream=upstream, upstream_timeout=0.5, no_apology=True)
+    response = bridge.post(vapi_request())
     assert response.status_code == 502
     error = response.json()["error"]
     assert (
@@ -182,7 +181,7 @@ def test_a_retried_stream_gets_the_stall_limit_not_what_was_left_of_the_deadline
 def test_no_first_token_within_the_deadline_is_a_504_even_after_the_headers(
     start_bridge: BridgeFactory, fake: FakeSambaNova
 ) -> None:
-    bridge = start_bridge(upstream_timeout=0.6)
+    bridge = start_bridge(upstream_timeout=0.6, no_apology=True)
     fake.push(Script(chunks=[], end="stall"))
     response = bridge.post(vapi_request())
     assert response.status_code == 504

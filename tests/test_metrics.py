@@ -164,18 +164,26 @@ def test_no_label_or_value_carries_a_secret_a_phone_number_or_a_call_id(
     assert routes <= {"/chat/completions", "/metrics", "other"}
 
 
+def test_a_turn_answered_by_a_fallback_model_is_counted(start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(fallback_models=("Meta-Llama-3.3-70B-Instruct",))
+    assert bridge.post({**vapi_request(), "model": "fail-503"}).status_code == 200
+    assert bridge.post(vapi_request()).status_code == 200
+    assert value(scrape(bridge.url), "vapi_bridge_fallbacks_total") == 1
+
+
 def test_fallbacks_from_the_record_are_counted() -> None:
-    """The turn's attempt policy writes its fallbacks on the record; the counter follows."""
+    """The turn's attempts are on the record (A, A again, then B, then C: two fallbacks)."""
     metrics = Metrics()
     record = RequestRecord(method="POST", path="/chat/completions", status=200)
-    record.fallbacks, record.upstream_failures = 2, ["rate_limit_exceeded", "upstream_timeout"]
+    record.attempts(["A(429)", "A(503)", "B(slow)", "C"], hedged=False)
+    record.upstream_failures = ["rate_limit_exceeded", "upstream_server_error"]
     record.observer = lambda r: metrics.observe(r, "/chat/completions")
     record.emit("text")
     record.emit("text")  # a record is counted once, whatever calls emit
     samples = parse(metrics.render(None)[0].decode())
     assert value(samples, "vapi_bridge_fallbacks_total") == 2
     assert value(samples, "vapi_bridge_upstream_failures_total", kind="rate_limit_exceeded") == 1
-    assert value(samples, "vapi_bridge_upstream_failures_total", kind="upstream_timeout") == 1
+    assert value(samples, "vapi_bridge_upstream_failures_total", kind="upstream_server_error") == 1
     odd = RequestRecord(method="POST", path="/x", upstream_failures=["Not A Code: +1415"])
     metrics.observe(odd, "other")
     assert "1415" not in metrics.render(None)[0].decode()

@@ -146,7 +146,7 @@ def ask(upstream: SambaNovaUpstream, model: str, policy: str, max_tokens: int) -
         "stream": False,
     }
     params.update(reasoning_params(model, policy, max_tokens, DEFAULT_REASONING_BUDGET, params))
-    body: dict[str, Any] = upstream.complete(params)
+    body: dict[str, Any] = upstream.complete(params, timeout=10)
     return body
 
 
@@ -186,7 +186,8 @@ def test_effort_high_needs_the_budget_on_top_of_vapis_max_tokens(
             "max_tokens": 250,
             "reasoning_effort": "high",
             "stream": False,
-        }
+        },
+        timeout=10,
     )
     assert without["choices"][0]["finish_reason"] == "length"
     assert without["choices"][0]["message"]["content"] == "", "all thinking, nothing to say"

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests.fakes.sambanova import FakeSambaNova, Script, tool_chunks
-from tests.helpers import RunningBridge, vapi_request
+from tests.helpers import BridgeFactory, RunningBridge, vapi_request
 
 
 def client(bridge: RunningBridge) -> openai.OpenAI:
@@ -56,7 +56,8 @@ def test_non_streamed_reply_parses(bridge: RunningBridge) -> None:
     assert completion.choices[0].message.content == "Sure! Let me check Tuesday for you."
 
 
-def test_errors_surface_as_openai_exceptions(bridge: RunningBridge) -> None:
+def test_errors_surface_as_openai_exceptions(start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(no_apology=True)
     with pytest.raises(openai.RateLimitError) as caught:
         client(bridge).chat.completions.create(
             model="fail-429", messages=[{"role": "user", "content": "hi"}], stream=True

@@ -262,7 +262,7 @@ def stream_through(upstream: SambaNovaUpstream, model: str, **params: Any) -> Ru
         "stream_options": {"include_usage": True},
         **params,
     }
-    stream = upstream.open_stream(body)
+    stream = upstream.open_stream(body, timeout=10)
     try:
         return Run().all(list(stream))
     finally:
@@ -284,7 +284,7 @@ def test_each_reasoning_shape_through_the_sdk(
     assert "<think>" not in run.wire and "reasoning" not in run.wire
     assert run.trace.think_ms is not None
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
-    cleaned, thought = strip_reasoning(upstream.complete(body))
+    cleaned, thought = strip_reasoning(upstream.complete(body, timeout=10))
     assert cleaned["choices"][0]["message"]["content"] == REPLY_TEXT
     assert thought.strip() == "".join(THOUGHTS).strip()
 

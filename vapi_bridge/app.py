@@ -18,6 +18,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from vapi_bridge import __version__, sse
+from vapi_bridge.attempts import Policy
 from vapi_bridge.auth import Guard, token_endpoint
 from vapi_bridge.errors import (
     BridgeError,
@@ -65,12 +66,17 @@ class Bridge:
         except BaseException:
             self.upstream.close()
             raise
-        self.live = LiveTurns(
-            first_token_timeout=settings.upstream_timeout, stall_timeout=settings.stall_timeout
-        )
+        self.live = LiveTurns(stall_timeout=settings.stall_timeout)
         self.turns = TurnContext(
             upstream=self.upstream,
             live=self.live,
+            policy=Policy(
+                fallbacks=settings.fallback_models,
+                attempt_timeout=settings.attempt_timeout,
+                turn_timeout=settings.upstream_timeout,
+                hedge_after=settings.hedge_after,
+            ),
+            apology=None if settings.no_apology else settings.apology,
             stages=stage_factories(settings),
             body_filters=body_filters(settings),
             params_for=params_policy(settings),
@@ -152,13 +158,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         record.model, record.stream = chat_request.model, chat_request.stream
         turn = Turn(chat_request, record, bridge.turns)
         if not chat_request.stream:
-            return json_response(turn.complete())
-        frames = turn.start()
-        g.deferred_log = True
-        response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
-        response.call_on_close(turn.close)
-        bridge.metrics.stream_started()
-        response.call_on_close(bridge.metrics.stream_ended)
+            response = json_response(turn.complete())
+        else:
+            g.deferred_log = True
+            frames = turn.start()
+            response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
+            response.call_on_close(turn.close)
+            bridge.metrics.stream_started()
+            response.call_on_close(bridge.metrics.stream_ended)
+        # Which model answered (a fallback, maybe): for `vapi-bridge test --model` and curl.
+        response.headers[sse.MODEL_HEADER] = turn.model
         return response
 
     for path in CHAT_PATHS:

@@ -15,11 +15,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from vapi_bridge.ratelimit import RateLimit
 from vapi_bridge.translate import message_text
 
 
 class DemoStream:
     """A canned stream that stops as soon as it is closed."""
+
+    rate: RateLimit | None = None
 
     def __init__(self, chunks: list[dict[str, Any]], gap: float) -> None:
         self._chunks = chunks
@@ -45,10 +48,10 @@ class DemoUpstream:
     def __init__(self, gap: float = 0.03) -> None:
         self.gap = gap
 
-    def open_stream(self, params: dict[str, Any]) -> DemoStream:
+    def open_stream(self, params: dict[str, Any], *, timeout: float) -> DemoStream:
         return DemoStream(_chunks(params), self.gap)
 
-    def complete(self, params: dict[str, Any]) -> Any:
+    def complete(self, params: dict[str, Any], *, timeout: float) -> Any:
         text, call = _answer(params)
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
         if call:

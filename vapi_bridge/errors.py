@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vapi_bridge.ratelimit import RateLimit
+
 
 class BridgeError(Exception):
     """Base of every error the bridge reports to a client or a user."""
@@ -103,6 +105,7 @@ class UpstreamError(BridgeError):
         status: int | None = None,
         code: str | None = None,
         retry_after: str | None = None,
+        rate: RateLimit | None = None,
     ) -> None:
         mapped_status, mapped_code = _map_upstream_status(upstream_status)
         super().__init__(
@@ -113,6 +116,7 @@ class UpstreamError(BridgeError):
             retry_after=retry_after,
         )
         self.upstream_status = upstream_status
+        self.rate = rate
 
 
 class UpstreamStreamBroken(UpstreamError):

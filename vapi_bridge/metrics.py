@@ -100,8 +100,9 @@ class Metrics:
             self.upstream_failures.labels(failure_kind(kind)).inc()
         if record.outcome == "upstream_error":
             self.upstream_failures.labels(STREAM_BROKEN).inc()
-        if record.fallbacks:
-            self.fallbacks.inc(record.fallbacks)
+        fallbacks = record.fallbacks()
+        if fallbacks:
+            self.fallbacks.inc(fallbacks)
         if record.outcome == "client_closed":
             self.client_disconnects.inc()
         for kind, count in (

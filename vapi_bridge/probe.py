@@ -31,6 +31,8 @@ from vapi_bridge.reply import ToolCalls
 if TYPE_CHECKING:
     from rich.console import Console
 
+# The outcome the bridge marks on a reply it made itself because every model failed.
+APOLOGY = "apology"
 DEFAULT_MESSAGE = "Hello! Explain what an LLM is in one sentence."
 EXAMPLE_URL = "http://127.0.0.1:5000"
 CONNECT_TIMEOUT = 5.0
@@ -69,6 +71,7 @@ class ProbeResult:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     model: str | None = None
+    answered_by: str | None = None
     cut: str | None = None
     violations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -226,6 +229,13 @@ def _exchange(
             ) as response,
         ):
             result.status = response.status_code
+            answered = response.headers.get(sse.MODEL_HEADER)
+            if answered and answered != body.get("model"):
+                result.answered_by = _clean_line(answered)
+                result.warnings.append(
+                    f"{body.get('model')} did not answer; the bridge's fallback "
+                    f"{result.answered_by} did (its log says why)."
+                )
             if response.status_code >= 300:
                 response.read()
                 raise _status_error(response)
@@ -544,7 +554,7 @@ class _Judge:
             return
         if result.stream and len(self._text_at) > 1 and self._text_at[-1] > self._text_at[0]:
             result.chars_per_s = self._later_chars / (self._text_at[-1] - self._text_at[0])
-        result.warnings = speech_warnings(result.text)
+        result.warnings += speech_warnings(result.text)
         result.notes = [
             f"reasoning arrived in `{name}`, a field Vapi ignores: fine, the caller does not "
             "hear it (it only delays first speech)"
@@ -626,12 +636,19 @@ def report(result: ProbeResult, *, as_json: bool, console: Console) -> None:
         console.print(f"[bold yellow]Warning:[/] {escape(warning)}")
     for violation in result.violations:
         console.print(f"[bold red]Protocol violation:[/] {escape(violation)}")
-    if result.cut is not None:
+    if result.cut == APOLOGY:
+        console.print(
+            "[bold red]Apology:[/] every model failed before its first token, so the bridge "
+            "spoke its apology instead (its log names the cause)."
+        )
+    elif result.cut is not None:
         console.print(
             f"[bold red]Cut short:[/] the server cut the reply short ({escape(result.cut)})."
         )
     if result.ok:
         console.print("[bold green]OK[/]: the reply is what Vapi expects.")
+    elif result.cut == APOLOGY and not result.violations:
+        console.print("[bold red]FAILED[/]: the caller would hear the apology, not an answer.")
     elif result.cut is not None and not result.violations:
         console.print("[bold red]FAILED[/]: the caller would hear only part of the reply.")
     else:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 logger = logging.getLogger("vapi_bridge.requests")
@@ -50,15 +51,16 @@ class RequestRecord:
     think_ms: float | None = None
     total_ms: float | None = None
     chunks: int = 0
+    tried: list[str] = field(default_factory=list)
+    hedged: bool = False
+    rate_remaining: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     outcome: str = "ok"
     error: str | None = None
-    # Each upstream failure met, by error code (a bounded set); a turn that tries another
-    # model may record one per failed attempt.
+    # Each upstream failure met, by error code (a bounded set): the error the request ended
+    # with, or the turn's failed attempts when it records them.
     upstream_failures: list[str] = field(default_factory=list)
-    # How many times this turn moved on to another model.
-    fallbacks: int | None = None
     observer: Callable[[RequestRecord], None] | None = field(
         default=None, repr=False, compare=False
     )
@@ -74,6 +76,15 @@ class RequestRecord:
     def first_speech_at(self, when: float | None) -> None:
         if when is not None:
             self.ttfs_ms = self._since_start(when)
+
+    def attempts(self, story: list[str], *, hedged: bool) -> None:
+        """What happened to each model asked, in order (``A(429)>B``)."""
+        self.tried, self.hedged = story, hedged
+
+    def fallbacks(self) -> int:
+        """How many times the turn moved on to another model, from its attempts' story."""
+        models = [step.split("(", 1)[0] for step in self.tried]
+        return sum(1 for before, after in pairwise(models) if after != before)
 
     def _since_start(self, when: float) -> float:
         return round((when - self.started) * 1000, 1)
@@ -126,10 +137,12 @@ class RequestRecord:
         parts.append(f"total={self.total_ms:.0f}ms")
         if self.stream:
             parts.append(f"chunks={self.chunks}")
+        if len(self.tried) > 1:
+            parts.append("attempts=" + ">".join(self.tried) + (" hedged" if self.hedged else ""))
+        if self.rate_remaining is not None:
+            parts.append(f"remaining={self.rate_remaining}")
         if self.prompt_tokens is not None or self.completion_tokens is not None:
             parts.append(f"tokens={self.prompt_tokens}/{self.completion_tokens}")
-        if self.fallbacks:
-            parts.append(f"fallbacks={self.fallbacks}")
         if self.outcome != "ok":
             parts.append(f"outcome={self.outcome}")
         if self.error:

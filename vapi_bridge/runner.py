@@ -212,6 +212,12 @@ def _announce(
     )
     for vapi_name, target in settings.model_map:
         table.add_row("", f"[dim]{vapi_name} -> {target}[/]")
+    if settings.fallback_models:
+        table.add_row("Fallbacks", " -> ".join(settings.fallback_models))
+    table.add_row(
+        "If all fail",
+        "an HTTP error (--no-apology)" if settings.no_apology else "the caller hears the apology",
+    )
     if not settings.secret:
         table.add_row("API key", "[bold red]none: auth is off (--no-auth)[/]")
     table.add_row("Local URL", local)

@@ -221,6 +221,14 @@ def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _models(value: Any) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    out = tuple(str(name).strip() for name in names if str(name).strip())
+    if any(len(name) > 256 or any(c.isspace() for c in name) for name in out):
+        raise ValueError("must be model names (no spaces)")
+    return out
+
+
 def _hook_specs(value: Any) -> tuple[str, ...]:
     specs = value.split(",") if isinstance(value, str) else value
     out = []
@@ -372,6 +380,51 @@ class Settings:
         group=UPSTREAM,
         flag="--stall-timeout",
         metavar="SECONDS",
+    )
+    fallback_models: tuple[str, ...] = option(
+        (),
+        parse=_models,
+        help="Model to try next when the one asked for fails or is slow before its first "
+        "token. Repeatable, tried in order.",
+        group=UPSTREAM,
+        flag="--fallback-model",
+        env=("VAPI_BRIDGE_FALLBACK_MODELS",),
+        metavar="MODEL",
+    )
+    attempt_timeout: float = option(
+        3.0,
+        parse=_number(0.2, 60),
+        help="Seconds a model gets to produce its first token before the next model is tried "
+        "(only when there is a next one).",
+        group=UPSTREAM,
+        flag="--attempt-timeout",
+        metavar="SECONDS",
+    )
+    hedge_after: float | None = option(
+        None,
+        parse=_optional(_number(10, 60_000)),
+        help="Start the next model in parallel when the first has no token after this many "
+        "milliseconds; the first to answer wins (costs a second request).",
+        group=UPSTREAM,
+        flag="--hedge-after",
+        metavar="MS",
+    )
+    apology: str = option(
+        "Sorry, I missed that. Could you say it again?",
+        parse=_text,
+        help="What the caller hears when every model failed for a passing reason (rate limit, "
+        "overload, timeout), instead of the call ending.",
+        group=UPSTREAM,
+        flag="--apology",
+        env=("VAPI_BRIDGE_APOLOGY",),
+        metavar="TEXT",
+    )
+    no_apology: bool = option(
+        False,
+        parse=_switch,
+        help="Answer such failures with an HTTP error instead (Vapi then ends the call).",
+        group=UPSTREAM,
+        flag="--no-apology",
     )
     demo: bool = option(
         False,
@@ -580,11 +633,15 @@ CONFLICTS: tuple[tuple[tuple[str, Any], tuple[str, Any], str], ...] = (
     (("tunnel", False), ("ngrok_path", None), "--no-tunnel runs no ngrok agent"),
     (("system_prompt", None), ("system_prompt_file", None), "give the prompt one way"),
     (("demo", True), ("base_url", None), "--demo sends nothing to SambaNova"),
+    (("no_apology", True), ("apology", None), "--no-apology turns the apology off"),
     (("public_url", None), ("tunnel", True), "--public-url is the URL instead of a tunnel's"),
     (("public_url", None), ("domain", None), "--public-url is the URL instead of a tunnel's"),
 )
 # Flags that only mean something beside another: (flag name, the setting it needs).
-NEEDS: tuple[tuple[str, str], ...] = (("keep_assistant", "assistant"),)
+NEEDS: tuple[tuple[str, str], ...] = (
+    ("keep_assistant", "assistant"),
+    ("hedge_after", "fallback_models"),
+)
 
 
 def load(

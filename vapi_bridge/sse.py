@@ -22,6 +22,8 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 CONTENT_TYPE = "text/event-stream"
+# The bridge names the model that answered (a fallback, maybe) in this response header.
+MODEL_HEADER = "X-Vapi-Bridge-Model"
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -49,32 +51,47 @@ class Event:
         return self.comment is None and self.data.startswith("[DONE]")
 
 
-def events(lines: Iterable[str], *, comments: bool = False) -> Iterator[Event]:
-    """Parse SSE lines (without their line ends) into events.
+class Parser:
+    """Turns SSE lines (without their line ends) into events, one line at a time.
 
     ``data:`` lines accumulate until a blank line dispatches them; ``event:`` names the next
     event; other fields are ignored, as the spec says. With ``comments`` each comment line is
-    yielded as it arrives (for readers that judge a stream, not only consume it). A stream that
-    ends without the last blank line still dispatches what it held.
+    an event too (for readers that judge a stream, not only consume it).
     """
-    data: list[str] = []
-    name = ""
-    for line in lines:
+
+    def __init__(self, *, comments: bool = False) -> None:
+        self.comments = comments
+        self._data: list[str] = []
+        self._name = ""
+
+    def feed(self, line: str) -> Event | None:
         if not line:
-            if data:
-                yield Event("\n".join(data), name)
-            data, name = [], ""
-            continue
+            event = Event("\n".join(self._data), self._name) if self._data else None
+            self._data, self._name = [], ""
+            return event
         if line[0] == ":":
-            if comments:
-                yield Event(comment=line[1:].strip())
-            continue
+            return Event(comment=line[1:].strip()) if self.comments else None
         field, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if field == "data":
-            data.append(value)
+            self._data.append(value)
         elif field == "event":
-            name = value
-    if data:
-        yield Event("\n".join(data), name)
+            self._name = value
+        return None
+
+    def end(self) -> Event | None:
+        """A stream that ends without the last blank line still dispatches what it held."""
+        return self.feed("")
+
+
+def events(lines: Iterable[str], *, comments: bool = False) -> Iterator[Event]:
+    """Parse SSE lines into events (see :class:`Parser`)."""
+    parser = Parser(comments=comments)
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+    last = parser.end()
+    if last is not None:
+        yield last

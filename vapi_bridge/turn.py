@@ -13,14 +13,17 @@ every live turn at once, even one whose upstream is sending nothing.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vapi_bridge import sse
+from vapi_bridge.attempts import Attempt, Attempts, Policy
 from vapi_bridge.errors import BridgeError, UpstreamError, UpstreamStreamBroken
 from vapi_bridge.normalise import normalise_completion
 from vapi_bridge.reply import Reply, ToolCall
@@ -50,6 +53,8 @@ class TurnContext:
 
     upstream: Upstream
     live: LiveTurns
+    policy: Policy = field(default_factory=Policy)
+    apology: str | None = None
     stages: Sequence[StageFactory] = ()
     body_filters: Sequence[BodyFilter] = ()
     params_for: ParamsPolicy | None = None
@@ -71,9 +76,10 @@ class Turn:
         )
         extra = [factory(self.trace) for factory in ctx.stages]
         self.pipeline = Pipeline([self.normalise, *extra, self.collect])
-        self.deadline = time.monotonic() + ctx.live.first_token_timeout
+        self.model = request.model
         self.last_data: float | None = None
         self.abort_reason: str | None = None
+        self._attempts: Attempts | None = None
         self._stream: ChunkStream | None = None
         self._finished = False
         self._lock = threading.Lock()
@@ -81,10 +87,13 @@ class Turn:
     # A whole (non-streamed) reply.
 
     def complete(self) -> dict[str, Any]:
-        answer = self.ctx.upstream.complete(self._params())
-        body = normalise_completion(answer, self.request.model)
-        for whole in self.ctx.body_filters:
-            body = whole(body, self.trace)
+        winner = self._attempt(whole=True)
+        if winner is None:
+            body = self._apology_completion()
+        else:
+            body = normalise_completion(winner.first, self.model)
+            for whole in self.ctx.body_filters:
+                body = whole(body, self.trace)
         self.record.first_token()
         self.record.first_speech()
         self.record.usage(body.get("usage"))
@@ -95,32 +104,98 @@ class Turn:
     # A streamed reply.
 
     def start(self) -> Iterator[bytes]:
-        """Open upstream and read to the first frame; raises :class:`BridgeError` before it."""
-        self._stream = self.ctx.upstream.open_stream(self._params())
+        """Find a model that answers and read to the first frame; raises :class:`BridgeError`
+        (an HTTP status for Vapi) when none does before the first byte."""
         self.ctx.live.add(self)
-        chunks = iter(self._stream)
         try:
+            winner = self._attempt(whole=False)
+            if winner is None:
+                chunks: Iterator[Any] = iter([self._apology_chunk()])
+            else:
+                self._stream = winner.stream
+                self._saw_data()
+                rest = winner.chunks if winner.chunks is not None else iter(())
+                chunks = itertools.chain([winner.first], rest) if winner.first else rest
             first = self._first_frame(chunks)
         except BaseException as exc:
             self.ctx.live.discard(self)
-            self._stream.close()
+            if self._stream is not None:
+                self._stream.close()
             if isinstance(exc, UpstreamStreamBroken):
                 raise self._before_first_byte(exc) from None
             raise
         return self._relay(first, chunks)
 
-    def _params(self) -> dict[str, Any]:
+    def _attempt(self, *, whole: bool) -> Attempt | None:
+        """Run the attempt policy; the winning attempt, ``None`` for the apology, or raise."""
+        attempts = Attempts(
+            self.ctx.upstream,
+            self.ctx.policy,
+            self.request.model,
+            self._params_for,
+            self.ctx.live.stopping,
+            whole=whole,
+        )
+        self._attempts = attempts
+        if self.abort_reason is not None:
+            attempts.abort()
+        outcome = attempts.run()
+        self.record.attempts(outcome.story, hedged=outcome.hedged)
+        if outcome.winner is not None:
+            self.model = self.record.model = self.normalise.model = outcome.winner.model
+            stream = outcome.winner.stream
+            self.record.rate_remaining = stream.rate.remaining if stream and stream.rate else None
+            return outcome.winner
+        if self.abort_reason == "shutdown" or self.ctx.live.stopping.is_set():
+            raise ShuttingDown(
+                "The bridge is shutting down.", hint="Vapi may retry; the bridge is restarting."
+            )
+        error = outcome.last_error or UpstreamError(
+            "SambaNova did not start answering in time.",
+            hint="Retry; raise --upstream-timeout (keep it under Vapi's 20 s) if it persists.",
+            upstream_status=504,
+            code="upstream_timeout",
+        )
+        if self.ctx.apology is None or not outcome.transient:
+            raise error
+        self.record.outcome, self.record.error = "apology", f"{error.code}: {error.message}"
+        return None
+
+    def _params_for(self, model: str) -> dict[str, Any]:
         params = self.request.params
+        if model != params["model"]:
+            params = {**params, "model": model}
         return self.ctx.params_for(params) if self.ctx.params_for is not None else params
+
+    def _apology_chunk(self) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": self.ctx.apology}
+        return {
+            "id": self.normalise.id,
+            "object": "chat.completion.chunk",
+            "created": self.normalise.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+
+    def _apology_completion(self) -> dict[str, Any]:
+        message = {"role": "assistant", "content": self.ctx.apology}
+        return {
+            "id": self.normalise.id,
+            "object": "chat.completion",
+            "created": self.normalise.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
 
     def close(self) -> None:
         """Called when the server is done with the response, whether or not it ever started."""
         self._finish(client_left=True)
 
     def due(self) -> float:
-        """When the watchdog must step in: the first-token deadline, else the stall limit."""
+        """When the watchdog must step in: the stall limit, once a model is answering (the
+        attempt policy keeps its own deadlines before that)."""
         if self.last_data is None:
-            return self.deadline
+            return math.inf
         return self.last_data + self.ctx.live.stall_timeout
 
     def abort(self, reason: str) -> None:
@@ -128,6 +203,8 @@ class Turn:
         with self._lock:
             if self.abort_reason is None:
                 self.abort_reason = reason
+        if self._attempts is not None:
+            self._attempts.abort()
         if self._stream is not None:
             self._stream.abort()
 
@@ -143,6 +220,8 @@ class Turn:
     def _saw_data(self) -> None:
         if self.last_data is None:
             self.record.first_token()
+            self.last_data = time.monotonic()
+            self.ctx.live.watch(self)
         self.last_data = time.monotonic()
 
     def _relay(self, first: bytes | None, chunks: Iterator[Any]) -> Iterator[bytes]:
@@ -188,7 +267,7 @@ class Turn:
             "id": self.normalise.id,
             "object": "chat.completion.chunk",
             "created": self.normalise.created,
-            "model": self.request.model,
+            "model": self.model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
         self.collect.chunks += 1
@@ -199,14 +278,6 @@ class Turn:
             return ShuttingDown(
                 "The bridge is shutting down.", hint="Vapi may retry; the bridge is restarting."
             )
-        if self.abort_reason == "first_token":
-            limit = self.ctx.live.first_token_timeout
-            return UpstreamError(
-                f"SambaNova did not start answering within {limit:g}s.",
-                hint="Retry; raise --upstream-timeout (keep it under Vapi's 20 s) if it persists.",
-                upstream_status=504,
-                code="upstream_timeout",
-            )
         return exc
 
     def _after_first_byte(self, exc: UpstreamStreamBroken) -> tuple[str, str]:
@@ -215,9 +286,6 @@ class Turn:
         if self.abort_reason == "stall":
             limit = self.ctx.live.stall_timeout
             return "upstream_error", f"SambaNova stalled: no data for {limit:g}s."
-        if self.abort_reason == "first_token":
-            limit = self.ctx.live.first_token_timeout
-            return "upstream_error", f"SambaNova sent no token within {limit:g}s."
         return "upstream_error", exc.message
 
     def _finish(self, *, client_left: bool) -> None:
@@ -253,7 +321,7 @@ class Turn:
             outcome=record.outcome,
             reasoning="".join(self.trace.reasoning),
             call_id=self.request.call_id,
-            model=self.request.model,
+            model=self.model,
         )
 
     def _reply_from(self, body: dict[str, Any]) -> Reply:
@@ -277,15 +345,14 @@ class Turn:
             usage=body.get("usage"),
             reasoning="".join(self.trace.reasoning),
             call_id=self.request.call_id,
-            model=self.request.model,
+            model=self.model,
         )
 
 
 class LiveTurns:
     """The turns streaming now, and the one thread that watches their deadlines."""
 
-    def __init__(self, *, first_token_timeout: float, stall_timeout: float) -> None:
-        self.first_token_timeout = first_token_timeout
+    def __init__(self, *, stall_timeout: float) -> None:
         self.stall_timeout = stall_timeout
         self.stopping = threading.Event()
         self._turns: set[Turn] = set()
@@ -304,6 +371,11 @@ class LiveTurns:
                     target=self._watch, name="vapi-bridge-watchdog", daemon=True
                 )
                 self._thread.start()
+            self._changed.notify()
+
+    def watch(self, turn: Turn) -> None:
+        """``turn`` now has a deadline (its first token came): let the watchdog see it."""
+        with self._changed:
             self._changed.notify()
 
     def discard(self, turn: Turn) -> None:
@@ -330,8 +402,8 @@ class LiveTurns:
                 pending = [(t.due(), t) for t in self._turns if t.abort_reason is None]
                 expired = [t for due, t in pending if due <= now]
                 if not expired:
-                    soonest = min((due for due, _ in pending), default=None)
-                    self._changed.wait(None if soonest is None else soonest - now)
+                    soonest = min((due for due, _ in pending), default=math.inf)
+                    self._changed.wait(None if soonest == math.inf else soonest - now)
                     continue
             for turn in expired:
-                turn.abort("first_token" if turn.last_data is None else "stall")
+                turn.abort("stall")

@@ -16,9 +16,8 @@ import contextlib
 import json
 import logging
 import socket
-import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -30,6 +29,7 @@ from vapi_bridge.errors import (
     UpstreamStreamBroken,
     upstream_status_message,
 )
+from vapi_bridge.ratelimit import RateLimit
 from vapi_bridge.settings import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:
@@ -38,12 +38,12 @@ if TYPE_CHECKING:
     from vapi_bridge.settings import Settings
 
 log = logging.getLogger("vapi_bridge")
-T = TypeVar("T")
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class ChunkStream(Protocol):
     """An open upstream stream: parsed chunk objects, closable at any point."""
+
+    rate: RateLimit | None
 
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -54,11 +54,15 @@ class ChunkStream(Protocol):
 
 
 class Upstream(Protocol):
-    """What the HTTP app needs from a model: a stream, a whole completion, and shutdown."""
+    """What a turn needs from a model: one attempt at a stream or a whole completion.
 
-    def open_stream(self, params: dict[str, Any]) -> ChunkStream: ...
+    Each call is a single attempt with ``timeout`` seconds to get an answer started; whether
+    to retry, fall back to another model or give up is the turn's attempt policy.
+    """
 
-    def complete(self, params: dict[str, Any]) -> Any: ...
+    def open_stream(self, params: dict[str, Any], *, timeout: float) -> ChunkStream: ...
+
+    def complete(self, params: dict[str, Any], *, timeout: float) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -71,24 +75,21 @@ class SambaNovaUpstream:
         *,
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
-        first_token_timeout: float = 15.0,
         stall_timeout: float = 10.0,
         connect_timeout: float = 3.0,
-        max_retries: int = 2,
     ) -> None:
         from sambanova import SambaNova
 
         self.base_url = base_url
-        self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
         self.connect_timeout = connect_timeout
-        self.max_retries = max_retries
         http_client = httpx.Client(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            timeout=self._timeout(first_token_timeout),
+            timeout=self._timeout(15.0),
         )
         # x_api_key is passed explicitly: otherwise the SDK sends SAMBANOVA_API_KEY from the
-        # environment as x-api-key even when another key was configured.
+        # environment as x-api-key even when another key was configured. Retries are the
+        # turn's (max_retries=0): the SDK's would sleep seconds with the caller in silence.
         self._client: SambaNova = SambaNova(
             api_key=api_key,
             x_api_key=api_key,
@@ -98,57 +99,41 @@ class SambaNovaUpstream:
         )
         self._create = self._client.chat.completions.with_streaming_response.create
 
-    def open_stream(self, params: dict[str, Any]) -> ChunkStream:
+    def open_stream(self, params: dict[str, Any], *, timeout: float) -> ChunkStream:
         """Start a streamed completion; raises :class:`UpstreamError` before the first byte."""
-
-        def attempt(timeout: httpx.Timeout) -> ChunkStream:
-            context = self._create(**_sdk_args(params), timeout=timeout)
+        try:
+            context = self._create(**_sdk_args(params), timeout=self._timeout(timeout))
             response = context.__enter__()
-            # The headers are in; the body's reads get the backstop timeout (httpcore reads
-            # this value when the body starts), the watchdog enforces the real limits.
-            backstop = max(self.first_token_timeout, self.stall_timeout) + 1
-            response.http_response.request.extensions["timeout"]["read"] = backstop
-            return SSEStream(context, response)
+        except Exception as exc:
+            raise self._map(exc, params, timeout) from None
+        # The headers are in; the body's reads get a backstop timeout (httpcore reads this
+        # value when the body starts), the turn's watchdog enforces the real limits.
+        backstop = max(timeout, self.stall_timeout) + 1
+        response.http_response.request.extensions["timeout"]["read"] = backstop
+        return SSEStream(context, response)
 
-        return self._attempts(params, attempt)
-
-    def complete(self, params: dict[str, Any]) -> Any:
+    def complete(self, params: dict[str, Any], *, timeout: float) -> Any:
         """A whole (non-streamed) completion as a JSON object."""
-
-        def attempt(timeout: httpx.Timeout) -> Any:
-            with self._create(**_sdk_args(params), timeout=timeout) as response:
+        try:
+            with self._create(**_sdk_args(params), timeout=self._timeout(timeout)) as response:
                 body = response.read()
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise UpstreamError(
-                    "SambaNova answered with a body that is not JSON.",
-                    hint="Check --base-url: it must be an OpenAI-compatible API.",
-                    code="upstream_bad_response",
-                ) from None
-
-        return self._attempts(params, attempt)
-
-    def _attempts(self, params: dict[str, Any], attempt: Callable[[httpx.Timeout], T]) -> T:
-        """Run ``attempt`` until it succeeds, retrying only while the deadline leaves room."""
-        deadline = time.monotonic() + self.first_token_timeout
-        for number in range(self.max_retries + 1):
-            try:
-                return attempt(self._timeout(deadline - time.monotonic()))
-            except UpstreamError:
-                raise
-            except Exception as exc:
-                error = self._map(exc, params)
-                if not self._may_retry(error, number, deadline):
-                    raise error from None
-        raise AssertionError("unreachable: the last attempt always raises or returns")
+        except Exception as exc:
+            raise self._map(exc, params, timeout) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise UpstreamError(
+                "SambaNova answered with a body that is not JSON.",
+                hint="Check --base-url: it must be an OpenAI-compatible API.",
+                code="upstream_bad_response",
+            ) from None
 
     def list_models(self) -> list[str]:
         """Model ids the key can use; also the cheapest way to verify a key."""
         try:
             return [model.id for model in self._client.models.list(timeout=10.0).data]
         except Exception as exc:
-            raise self._map(exc, {"model": ""}) from None
+            raise self._map(exc, {"model": ""}, 10.0) from None
 
     def close(self) -> None:
         self._client.close()
@@ -157,25 +142,7 @@ class SambaNovaUpstream:
         remaining = max(remaining, 0.001)
         return httpx.Timeout(remaining, connect=min(self.connect_timeout, remaining))
 
-    def _may_retry(self, error: UpstreamError, attempt: int, deadline: float) -> bool:
-        if attempt >= self.max_retries:
-            return False
-        if error.upstream_status is not None and error.upstream_status not in RETRY_STATUSES:
-            return False
-        if error.code == "upstream_timeout":
-            return False
-        pause = 0.1 * 2**attempt
-        if error.retry_after is not None:
-            try:
-                pause = max(pause, float(error.retry_after))
-            except ValueError:
-                return False
-        if time.monotonic() + pause >= deadline - 0.05:
-            return False
-        time.sleep(pause)
-        return True
-
-    def _map(self, exc: Exception, params: dict[str, Any]) -> UpstreamError:
+    def _map(self, exc: Exception, params: dict[str, Any], timeout: float) -> UpstreamError:
         """The one translation from SDK/network exceptions to :class:`UpstreamError`."""
         from sambanova import APIConnectionError, APIStatusError, APITimeoutError
 
@@ -183,7 +150,7 @@ class SambaNovaUpstream:
             return _status_error(exc, str(params.get("model", "")))
         if isinstance(exc, APITimeoutError | httpx.TimeoutException):
             return UpstreamError(
-                f"SambaNova did not start answering within {self.first_token_timeout:g}s.",
+                f"SambaNova did not start answering within {timeout:g}s.",
                 hint="Retry; raise --upstream-timeout (keep it under Vapi's 20 s) if it persists.",
                 upstream_status=504,
                 code="upstream_timeout",
@@ -229,6 +196,7 @@ def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
         hint=hint,
         upstream_status=exc.status_code,
         retry_after=exc.response.headers.get("retry-after"),
+        rate=RateLimit.from_headers(exc.response.headers),
     )
 
 
@@ -238,6 +206,7 @@ class SSEStream:
     def __init__(self, context: Any, response: Any) -> None:
         self._context = context
         self._response = response
+        self.rate = RateLimit.from_headers(response.headers)
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -288,16 +257,13 @@ def open_upstream(settings: Settings) -> Upstream:
             "or try the offline model with `vapi-bridge serve --demo`.",
         )
     return SambaNovaUpstream(
-        api_key=settings.api_key,
-        base_url=settings.base_url,
-        first_token_timeout=settings.upstream_timeout,
-        stall_timeout=settings.stall_timeout,
+        api_key=settings.api_key, base_url=settings.base_url, stall_timeout=settings.stall_timeout
     )
 
 
 def verify_key(api_key: str, base_url: str) -> list[str]:
     """Check a SambaNova key against the models endpoint; returns the model ids."""
-    upstream = SambaNovaUpstream(api_key=api_key, base_url=base_url, max_retries=0)
+    upstream = SambaNovaUpstream(api_key=api_key, base_url=base_url)
     try:
         return upstream.list_models()
     finally:

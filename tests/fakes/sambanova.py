@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import collections
 import json
+import random
+import select
 import socket
 import struct
 import threading
@@ -106,6 +108,8 @@ class Script:
     chunks: list[Any] = field(default_factory=text_chunks)
     gap: float = 0.0
     ttft: float = 0.0
+    # After the headers, before the first chunk; the fake notices a client that leaves then.
+    first_wait: float = 0.0
     end: str = "done"  # done | drop | stall | eof (no [DONE])
     status: int = 200
     body: Any = None
@@ -274,10 +278,15 @@ class FakeSambaNova:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
+                for name, value in script.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
+                self.wfile.flush()
                 with fake._lock:
                     fake.open_streams += 1
                 try:
+                    if script.first_wait and self._client_left(script.first_wait):
+                        raise ConnectionResetError("the client left before the first token")
                     for i, item in enumerate(script.chunks):
                         if i and script.gap:
                             time.sleep(script.gap)
@@ -305,6 +314,16 @@ class FakeSambaNova:
                         fake.open_streams -= 1
                         fake._streams_changed.notify_all()
 
+            def _client_left(self, timeout: float) -> bool:
+                """Wait up to ``timeout`` s; True as soon as the client closes the connection."""
+                readable, _, _ = select.select([self.connection], [], [], timeout)
+                if not readable:
+                    return False
+                try:
+                    return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+                except OSError:
+                    return True
+
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
@@ -330,6 +349,33 @@ def script_for_model(model: str, stream: bool, body: dict[str, Any] | None = Non
         return Script(chunks=text_chunks(["tok "] * int(count)), gap=int(gap_ms) / 1000, ttft=ttft)
     if model == "drop":
         return Script(chunks=text_chunks()[:2], end="drop")
+    if model.startswith("rl-"):
+        # rl-<seconds>: a 429 asking to wait that long.
+        return Script(
+            kind="status",
+            status=429,
+            headers={"Retry-After": model.removeprefix("rl-")},
+            body={"error": {"message": "rate limit", "code": "rate_limit_exceeded"}},
+        )
+    if model.startswith("slowfirst-"):
+        # slowfirst-<ms>: headers at once, the first token only after <ms>.
+        return Script(first_wait=int(model.removeprefix("slowfirst-")) / 1000)
+    if model == "reset":
+        return Script(kind="reset")
+    if model.startswith("mix-"):
+        # mix-<% 429>-<% stall>-<ttft ms>: a primary model under pressure, for bench/fallback.py.
+        limited, stalled, delay = (int(part) for part in model.split("-")[1:])
+        roll = random.uniform(0, 100)
+        if roll < limited:
+            return script_for_model("rl-1", stream)
+        if roll < limited + stalled:
+            return Script(first_wait=30)
+        return Script(chunks=text_chunks(["tok "] * 40), gap=0.02, ttft=delay / 1000)
+    if model.startswith("remaining-"):
+        # remaining-<n>: a normal reply whose rate-limit headers say n requests remain.
+        left = model.removeprefix("remaining-")
+        headers = {"x-ratelimit-remaining-requests": left, "x-ratelimit-reset-requests": "30s"}
+        return Script(headers=headers)
     if reasoning_family(model) is not None:
         return reasoning_script(model, body or {}, stream)
     if not stream:
