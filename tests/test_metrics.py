@@ -318,6 +318,22 @@ def test_workers_add_up_their_metrics_and_clean_up(fake: FakeSambaNova) -> None:
     assert "Traceback" not in serve.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_workers_remove_their_metrics_even_when_the_bridge_is_killed(fake: FakeSambaNova) -> None:
+    env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
+    args = ("--no-tunnel", "--port", "0", "--workers", "2", "--secret", SECRET)
+    with Serve(*args, "--shutdown-grace", "0", env=env) as serve:
+        url = serve.stdout_line()
+        marker = f"workers-{serve.proc.pid}.json"
+        assert wait_until(lambda: len(processes_with(marker)) == 3), "a master, two workers"
+        shared = metrics_dir_of(min(processes_with(marker)))
+        assert scrape(url)
+        serve.proc.kill()
+        serve.proc.wait(10)
+    assert wait_until(lambda: processes_with(marker) == [], timeout=20), "the workers outlived it"
+    assert not shared.exists(), "the workers' master removes the metrics directory"
+
+
 def test_metrics_import_lazily() -> None:
     """``vapi-bridge --help`` and the CLI module never load prometheus_client."""
     import subprocess

@@ -13,7 +13,8 @@ streams each worker had to cut and how many after-reply jobs it lost.
 
 Metrics: the child gets a fresh directory for prometheus_client's multiprocess mode in its
 environment from its first instruction (the library picks its mode when first imported), the
-master marks each exited worker dead there, and the bridge removes the directory on stop.
+master marks each exited worker dead there, and the master and the bridge each remove the
+directory when they stop (the master also when the bridge was killed).
 """
 
 from __future__ import annotations
@@ -190,6 +191,12 @@ def main(argv: list[str]) -> None:
         if settings.metrics_dir is not None:
             mark_process_dead(worker.pid, settings.metrics_dir)
 
+    def on_exit(_arbiter: Any) -> None:
+        """The master's last act: the bridge removes the metrics directory too, but it may
+        have been killed (then watch_parent brought us here)."""
+        if settings.metrics_dir is not None:
+            shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+
     def watch_parent(_arbiter: Any) -> None:
         """Stop gracefully if the bridge process that started us is gone."""
         parent = os.getppid()
@@ -218,6 +225,7 @@ def main(argv: list[str]) -> None:
                 "post_worker_init": on_worker_ready,
                 "worker_exit": on_worker_exit,
                 "child_exit": on_child_exit,
+                "on_exit": on_exit,
                 "when_ready": watch_parent,
             }
             for key, value in options.items():
