@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,29 @@ def test_vapi_bridge_test_tells_a_cut_reply_from_a_whole_one(
     assert cut.finish_reason == "stop", "the client still got a finish chunk"
     whole = probe.run(bridge.url, secret=bridge.secret)
     assert whole.ok is True and whole.cut is None
+
+
+def test_a_connection_waiting_in_the_accept_queue_at_stop_is_answered(
+    start_bridge: BridgeFactory,
+) -> None:
+    """A rolling restart must not reset a turn a load balancer already sent: the stop serves
+    what the kernel accepted before closing the listener."""
+    bridge = start_bridge()
+    bridge.server._server.shutdown()  # the accept loop ends; the kernel still queues
+    port = int(bridge.url.rsplit(":", 1)[1])
+    body = json.dumps(vapi_request()).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {SECRET}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        stopper = threading.Thread(target=bridge.server.stop, kwargs={"grace": 5})
+        stopper.start()
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    stopper.join(10)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert b"data: [DONE]" in reply

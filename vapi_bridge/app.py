@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from vapi_bridge import __version__, sse
-from vapi_bridge.attempts import Policy
+from vapi_bridge.attempts import Cooldowns, Policy
 from vapi_bridge.auth import Guard, token_endpoint
 from vapi_bridge.errors import (
     BridgeError,
@@ -29,14 +30,16 @@ from vapi_bridge.errors import (
     UpstreamError,
 )
 from vapi_bridge.metrics import OTHER, Metrics
-from vapi_bridge.middleware import Middleware, build_middleware
+from vapi_bridge.middleware import Middleware, build_middleware, build_prepare
 from vapi_bridge.models import reasoning_params
+from vapi_bridge.profiles import HEADER as PROFILE_HEADER
+from vapi_bridge.profiles import Profiles
 from vapi_bridge.reasoning import ReasoningFilter, strip_reasoning
 from vapi_bridge.reqlog import RequestRecord, safe_id, safe_path
 from vapi_bridge.settings import Settings
 from vapi_bridge.speech import SpeechFilter, speakable_completion
 from vapi_bridge.stages import StageFactory, Trace
-from vapi_bridge.translate import translate
+from vapi_bridge.translate import Prepare, translate
 from vapi_bridge.turn import BodyFilter, LiveTurns, ParamsPolicy, Turn, TurnContext
 from vapi_bridge.upstream import Upstream, open_upstream
 
@@ -52,8 +55,21 @@ QUIET_PATHS = (*PROBE_PATHS, METRICS_PATH)
 EXTENSION = "vapi_bridge"
 
 
+@dataclass(frozen=True)
+class Route:
+    """What a request runs with: the base settings, or a profile's."""
+
+    settings: Settings
+    prepare: Prepare | None
+    turns: TurnContext
+
+    @property
+    def model_map(self) -> dict[str, str]:
+        return dict(self.settings.model_map)
+
+
 class Bridge:
-    """What one app holds open: the upstream client, middleware, and the live turns."""
+    """What one app holds open: the upstream client, middleware, live turns and profiles."""
 
     def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
         # Built in the order things can fail, and released if a later part fails.
@@ -67,7 +83,24 @@ class Bridge:
             self.upstream.close()
             raise
         self.live = LiveTurns(stall_timeout=settings.stall_timeout)
-        self.turns = TurnContext(
+        self.cooldowns = Cooldowns()
+        self.draining = False
+        try:
+            self.base = self.route(settings, self.middleware.prepare)
+            self.profiles = (
+                Profiles(settings.profiles, settings, self.route)
+                if settings.profiles is not None
+                else None
+            )
+        except BaseException:
+            self.close(0)
+            raise
+
+    def route(self, settings: Settings, prepare: Prepare | None = None) -> Route:
+        """The route for these settings (a profile's prompt and hooks are its own)."""
+        if settings is not self.settings:
+            prepare = build_prepare(settings)
+        turns = TurnContext(
             upstream=self.upstream,
             live=self.live,
             policy=Policy(
@@ -75,6 +108,7 @@ class Bridge:
                 attempt_timeout=settings.attempt_timeout,
                 turn_timeout=settings.upstream_timeout,
                 hedge_after=settings.hedge_after,
+                cooldowns=self.cooldowns,
             ),
             apology=None if settings.no_apology else settings.apology,
             stages=stage_factories(settings),
@@ -83,7 +117,19 @@ class Bridge:
             on_reply=self.middleware.on_reply,
             log_format=settings.log_format,
         )
-        self.draining = False
+        return Route(settings, prepare, turns)
+
+    def route_for(self, profile: str | None) -> Route:
+        """The route a request's profile header asks for (none: the base settings)."""
+        if profile is None:
+            return self.base
+        if self.profiles is None:
+            raise InvalidRequest(
+                f"This bridge has no profiles, but the request asks for '{profile[:64]}'.",
+                hint="Start it with --profiles FILE, or drop the X-Vapi-Bridge-Profile header.",
+                code="unknown_profile",
+            )
+        return self.profiles.get(profile)
 
     def end_live_turns(self) -> int:
         """Shutdown's grace is over: end every live reply cleanly now; returns how many."""
@@ -145,18 +191,21 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
 
     def chat() -> Response:
         bridge.guard.chat(request.headers.get("Authorization", ""))
+        record: RequestRecord = g.record
+        profile = request.headers.get(PROFILE_HEADER)
+        record.profile = safe_id(profile)
+        route = bridge.route_for(profile)
         chat_request = translate(
             read_json(),
-            default_model=settings.default_model,
-            forced_model=settings.model,
-            model_map=model_map,
+            default_model=route.settings.default_model,
+            forced_model=route.settings.model,
+            model_map=route.model_map,
         )
-        record: RequestRecord = g.record
         record.call_id = safe_id(chat_request.call_id)
-        if bridge.middleware.prepare is not None:
-            chat_request = bridge.middleware.prepare(chat_request)
+        if route.prepare is not None:
+            chat_request = route.prepare(chat_request)
         record.model, record.stream = chat_request.model, chat_request.stream
-        turn = Turn(chat_request, record, bridge.turns)
+        turn = Turn(chat_request, record, route.turns)
         if not chat_request.stream:
             response = json_response(turn.complete())
         else:

@@ -81,6 +81,22 @@ class Middleware:
 
 def build_middleware(settings: Settings) -> Middleware:
     """The middleware the settings ask for; raises ConfigError on a bad prompt file or hook."""
+    prepare = build_prepare(settings)
+    reply_hooks = [(spec, hooks.load(spec)) for spec in settings.reply_hooks]
+    writer = TranscriptWriter(settings.transcript_dir) if settings.transcript_dir else None
+    middleware = Middleware(prepare=prepare)
+    if reply_hooks or writer is not None:
+        worker = Worker()
+
+        def on_reply(chat_request: ChatRequest, reply: Reply) -> None:
+            worker.submit(lambda: _after_reply(chat_request, reply, writer, reply_hooks))
+
+        middleware.on_reply, middleware.worker = on_reply, worker
+    return middleware
+
+
+def build_prepare(settings: Settings) -> Prepare | None:
+    """The system prompt and request hooks, as one step before the upstream call."""
     steps: list[Prepare] = []
     if settings.system_prompt or settings.system_prompt_file:
         prompt = SystemPrompt(
@@ -92,17 +108,7 @@ def build_middleware(settings: Settings) -> Middleware:
     request_hooks = [(spec, hooks.load(spec)) for spec in settings.hooks]
     if request_hooks:
         steps.append(lambda r: _run_request_hooks(r, request_hooks))
-    reply_hooks = [(spec, hooks.load(spec)) for spec in settings.reply_hooks]
-    writer = TranscriptWriter(settings.transcript_dir) if settings.transcript_dir else None
-    middleware = Middleware(prepare=_chain(steps) if steps else None)
-    if reply_hooks or writer is not None:
-        worker = Worker()
-
-        def on_reply(chat_request: ChatRequest, reply: Reply) -> None:
-            worker.submit(lambda: _after_reply(chat_request, reply, writer, reply_hooks))
-
-        middleware.on_reply, middleware.worker = on_reply, worker
-    return middleware
+    return _chain(steps) if steps else None
 
 
 def _chain(steps: list[Prepare]) -> Prepare:

@@ -44,6 +44,7 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     status: int = 0
     call_id: str | None = None
+    profile: str | None = None
     model: str | None = None
     stream: bool = False
     ttft_ms: float | None = None
@@ -124,6 +125,8 @@ class RequestRecord:
         parts = [time.strftime("%H:%M:%S"), self.method, self.path, str(self.status)]
         if self.call_id:
             parts.append(f"call={self.call_id}")
+        if self.profile:
+            parts.append(f"profile={self.profile}")
         if self.model:
             parts.append(f"model={self.model}")
         if self.stream:

@@ -122,12 +122,24 @@ def _assistant_link(settings: Settings) -> Link | None:
         return None
     from vapi_bridge.assistant import Link
 
+    headers = None
+    if settings.profile is not None and settings.profiles is not None:
+        from vapi_bridge import profiles
+
+        if settings.profile not in profiles.names_in(settings.profiles):
+            raise ConfigError(
+                f"--profile '{settings.profile}' is not in {settings.profiles}.",
+                hint="Profiles there: "
+                + (", ".join(profiles.names_in(settings.profiles)) or "none"),
+            )
+        headers = {profiles.HEADER: settings.profile}
     return Link(
         assistant_id=settings.assistant,
         api_key=settings.vapi_api_key,
         base_url=settings.vapi_base_url,
         home=settings.home,
         keep=settings.keep_assistant,
+        headers=headers,
     )
 
 
@@ -214,6 +226,11 @@ def _announce(
         table.add_row("", f"[dim]{vapi_name} -> {target}[/]")
     if settings.fallback_models:
         table.add_row("Fallbacks", " -> ".join(settings.fallback_models))
+    if settings.profiles is not None:
+        from vapi_bridge.profiles import HEADER, names_in
+
+        names = ", ".join(names_in(settings.profiles)) or "none yet"
+        table.add_row("Profiles", f"{names}  [dim](picked by the {HEADER} header)[/]")
     table.add_row(
         "If all fail",
         "an HTTP error (--no-apology)" if settings.no_apology else "the caller hears the apology",

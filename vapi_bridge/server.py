@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -78,7 +79,7 @@ class BridgeServer:
     """A bound, threaded HTTP server for the bridge app."""
 
     def __init__(self, app: Flask, host: str, port: int, end_live_turns: Callable[[], int]) -> None:
-        from werkzeug.serving import WSGIRequestHandler, make_server
+        from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
         class NoDelayHandler(WSGIRequestHandler):
             """One send per SSE chunk, sent at once.
@@ -111,6 +112,17 @@ class BridgeServer:
                 with contextlib.suppress(OSError):
                     self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+        class Listener(ThreadedWSGIServer):
+            """werkzeug closes the socket as serve_forever ends, which resets connections
+            still in the kernel's accept queue; :meth:`BridgeServer.stop` closes it instead,
+            after serving them."""
+
+            def server_close(self) -> None:
+                """Closed by :meth:`close_now`."""
+
+            def close_now(self) -> None:
+                super().server_close()
+
         # werkzeug's per-request access log would duplicate the bridge's own request log.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._end_live_turns = end_live_turns
@@ -118,11 +130,10 @@ class BridgeServer:
         # werkzeug would print its own message and exit the process on a busy port.
         listener = listen(host, port)
         try:
-            self._server = make_server(
-                host, port, app, threaded=True, request_handler=NoDelayHandler, fd=listener.fileno()
-            )
+            self._server = Listener(host, port, app, handler=NoDelayHandler, fd=listener.fileno())
         finally:
             listener.close()
+        self._stopped = False
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -143,13 +154,44 @@ class BridgeServer:
 
         Returns how many requests had to be cut short.
         """
+        if self._stopped:
+            return 0
+        self._stopped = True
+        deadline = time.monotonic() + grace
         self._server.shutdown()
-        self._server.server_close()
-        if self._inflight.wait_idle(grace):
+        late = self._serve_backlog()
+        self._server.close_now()
+        for thread in late:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._inflight.wait_idle(max(0.0, deadline - time.monotonic())):
             return 0
         cut = self._end_live_turns()
         self._inflight.wait_idle(2.0)
         return cut
+
+    def _serve_backlog(self) -> list[threading.Thread]:
+        """Answer connections already accepted by the kernel but not yet by the server.
+
+        Closing the listener would reset them, and a proxy that already sent its POST will
+        not retry it elsewhere: that would be a lost turn during a rolling restart.
+        """
+        listener = self._server.socket
+        listener.setblocking(False)
+        late: list[threading.Thread] = []
+        while True:
+            try:
+                connection, address = listener.accept()
+            except OSError:
+                return late
+            connection.setblocking(True)
+            thread = threading.Thread(
+                target=self._server.process_request_thread,
+                args=(connection, address),
+                name="vapi-bridge-late",
+                daemon=True,
+            )
+            thread.start()
+            late.append(thread)
 
 
 @contextlib.contextmanager

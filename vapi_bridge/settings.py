@@ -540,6 +540,25 @@ class Settings:
         flag="--reply-hook",
         metavar="MODULE:FUNC",
     )
+    profiles: Path | None = option(
+        None,
+        parse=_optional(_path),
+        help="TOML file of named profiles (model, prompt, fallbacks, reasoning...) that a "
+        "request picks with the X-Vapi-Bridge-Profile header; re-read when it changes.",
+        group=MIDDLEWARE,
+        flag="--profiles",
+        env=("VAPI_BRIDGE_PROFILES",),
+        metavar="FILE",
+    )
+    profile: str | None = option(
+        None,
+        parse=_optional(_text),
+        help="With --assistant: the profile the wired assistant selects (Vapi sends it as the "
+        "X-Vapi-Bridge-Profile header).",
+        group=VAPI,
+        flag="--profile",
+        metavar="NAME",
+    )
     transcript_dir: Path | None = option(
         None,
         parse=_optional(_path),
@@ -641,6 +660,8 @@ CONFLICTS: tuple[tuple[tuple[str, Any], tuple[str, Any], str], ...] = (
 NEEDS: tuple[tuple[str, str], ...] = (
     ("keep_assistant", "assistant"),
     ("hedge_after", "fallback_models"),
+    ("profile", "assistant"),
+    ("profile", "profiles"),
 )
 
 
