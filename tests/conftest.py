@@ -31,6 +31,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith(PRIVATE_PREFIXES):
             monkeypatch.delenv(name)
+    # PaaS conventions serve honours: a developer's own values must not move the tests' bridges.
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     home = tmp_path / "bridge-home"
     monkeypatch.setenv("VAPI_BRIDGE_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))

@@ -112,7 +112,7 @@ BridgeFactory = Callable[..., RunningBridge]
 def bridge_settings(home: Path, base_url: str, **overrides: Any) -> Settings:
     """Settings for a bridge in front of the fake SambaNova at ``base_url``: auth on, no tunnel."""
     base = Settings(
-        home=home, port=0, secret=SECRET, tunnel=False, api_key="test-key", base_url=base_url
+        home=home, port=0, secret=(SECRET,), tunnel=False, api_key="test-key", base_url=base_url
     )
     return overlay(base, overrides, "test settings")
 
@@ -123,7 +123,7 @@ def run_bridge(settings: Settings, upstream: Upstream | None = None) -> RunningB
     bridge = bridge_of(app)
     server = BridgeServer(app, "127.0.0.1", 0, bridge.end_live_turns)
     server.start()
-    return RunningBridge(f"http://127.0.0.1:{server.port}", settings.secret, server, bridge)
+    return RunningBridge(f"http://127.0.0.1:{server.port}", settings.bridge_key, server, bridge)
 
 
 def sse_events(response: httpx.Response) -> list[Any]:

@@ -31,11 +31,11 @@ def test_flag_beats_environment_beats_stored_beats_default() -> None:
     stored = {"sambanova_api_key": "stored", "bridge_secret": "stored-secret-0123456789"}
     env = {"SAMBANOVA_API_KEY": "env", "VAPI_BRIDGE_SECRET": "env-secret-0123456789"}
     settings = load({"secret": "flag-secret-0123456789"}, env, stored, home=HOME)
-    assert settings.secret == "flag-secret-0123456789"
+    assert settings.secret == ("flag-secret-0123456789",)
     assert settings.api_key == "env"
     assert settings.base_url == DEFAULT_BASE_URL
     assert load({}, {}, stored, home=HOME).api_key == "stored"
-    assert load({}, {}, stored, home=HOME).secret == "stored-secret-0123456789"
+    assert load({}, {}, stored, home=HOME).secret == ("stored-secret-0123456789",)
     assert load({}, {}, {}, home=HOME).api_key is None
 
 
@@ -75,7 +75,7 @@ def test_every_source_goes_through_the_same_validation(
 
 
 def test_a_key_with_surrounding_spaces_is_the_key_itself() -> None:
-    assert load({}, {"VAPI_BRIDGE_SECRET": f"  {SECRET}  "}, {}, home=HOME).secret == SECRET
+    assert load({}, {"VAPI_BRIDGE_SECRET": f"  {SECRET}  "}, {}, home=HOME).secret == (SECRET,)
 
 
 @pytest.mark.parametrize(

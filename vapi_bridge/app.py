@@ -8,11 +8,11 @@ they become an HTTP status with an OpenAI-style body.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -20,14 +20,16 @@ from werkzeug.exceptions import HTTPException
 
 from vapi_bridge import __version__, sse
 from vapi_bridge.attempts import Cooldowns, Policy
+from vapi_bridge.auth import Guard, token_endpoint
 from vapi_bridge.errors import (
     BridgeError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
+    UpstreamError,
 )
+from vapi_bridge.metrics import OTHER, Metrics
 from vapi_bridge.middleware import Middleware, build_middleware, build_prepare
 from vapi_bridge.models import reasoning_params
 from vapi_bridge.profiles import HEADER as PROFILE_HEADER
@@ -46,6 +48,10 @@ log = logging.getLogger("vapi_bridge")
 CHAT_PATHS = ("/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions")
 # Load balancers and orchestrators ask these every few seconds: logged only when they fail.
 PROBE_PATHS = ("/health", "/ready")
+METRICS_PATH = "/metrics"
+TOKEN_PATH = "/oauth/token"
+# Counted in the metrics like every request, but logged only when they fail.
+QUIET_PATHS = (*PROBE_PATHS, METRICS_PATH)
 EXTENSION = "vapi_bridge"
 
 
@@ -68,6 +74,8 @@ class Bridge:
     def __init__(self, settings: Settings, upstream: Upstream | None = None) -> None:
         # Built in the order things can fail, and released if a later part fails.
         self.settings = settings
+        self.guard = Guard.from_settings(settings)
+        self.metrics = Metrics(settings.metrics_dir)
         self.upstream = upstream if upstream is not None else open_upstream(settings)
         try:
             self.middleware: Middleware = build_middleware(settings)
@@ -182,7 +190,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
     model_map = dict(settings.model_map)
 
     def chat() -> Response:
-        authorise(settings.secret)
+        bridge.guard.chat(request.headers.get("Authorization", ""))
         record: RequestRecord = g.record
         profile = request.headers.get(PROFILE_HEADER)
         record.profile = safe_id(profile)
@@ -205,6 +213,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
             frames = turn.start()
             response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
             response.call_on_close(turn.close)
+            bridge.metrics.stream_started()
+            response.call_on_close(bridge.metrics.stream_ended)
         # Which model answered (a fallback, maybe): for `vapi-bridge test --model` and curl.
         response.headers[sse.MODEL_HEADER] = turn.model
         return response
@@ -222,10 +232,33 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
             return json_response({"status": "draining"}, status=503)
         return json_response({"status": "ready"})
 
+    @app.get(METRICS_PATH)
+    def scrape() -> Response:
+        bridge.guard.metrics(request.headers.get("Authorization", ""))
+        body, content_type = bridge.metrics.render(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
+
+    if bridge.guard.oauth is not None:
+        client = bridge.guard.oauth
+
+        @app.post(TOKEN_PATH)
+        def oauth_token() -> Response:
+            answer = token_endpoint(
+                client,
+                authorization=request.headers.get("Authorization", ""),
+                content_type=request.headers.get("Content-Type", ""),
+                body=request.get_data(cache=False),
+            )
+            if answer.status != 200:
+                g.record.error = answer.body["error"]
+            response = json_response(answer.body, status=answer.status)
+            response.headers.update(answer.headers)
+            return response
+
     @app.get("/models")
     @app.get("/v1/models")
     def models() -> Response:
-        authorise(settings.secret)
+        bridge.guard.chat(request.headers.get("Authorization", ""))
         names = [settings.model or settings.default_model]
         names += [name for name in model_map if name not in names]
         created = int(time.time())
@@ -235,24 +268,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         ]
         return json_response({"object": "list", "data": data})
 
-    register_request_log(app, settings)
+    register_request_log(app, settings, bridge.metrics)
     register_error_handlers(app)
     return app
-
-
-def authorise(secret: str | None) -> None:
-    """Accept ``Authorization: Bearer <key>`` (or the bare key) when a key is configured."""
-    if secret is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else header.strip()
-    if not token or not hmac.compare_digest(token.encode(), secret.encode()):
-        raise Unauthorized(
-            "Missing or wrong bridge key.",
-            hint="In Vapi, set the Custom LLM credential to the key `vapi-bridge serve` "
-            "printed (sent as 'Authorization: Bearer <key>').",
-        )
 
 
 def read_json() -> Any:
@@ -270,13 +288,17 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-def register_request_log(app: Flask, settings: Settings) -> None:
-    """One log line per request; a stream logs its own line when it ends."""
+def register_request_log(app: Flask, settings: Settings, metrics: Metrics) -> None:
+    """One log line per request (a stream logs its own line when it ends), and every finished
+    record counted in the metrics under its route pattern: bounded, never the raw path."""
 
     @app.before_request
     def start_record() -> None:
-        g.record = RequestRecord(method=request.method, path=safe_path(request.path))
-        g.deferred_log = request.path in PROBE_PATHS
+        record = RequestRecord(method=request.method, path=safe_path(request.path))
+        route = request.url_rule.rule if request.url_rule is not None else OTHER
+        record.observer = partial(metrics.observe, route=route)
+        g.record = record
+        g.quiet = request.path in QUIET_PATHS
 
     @app.after_request
     def finish_record(response: Response) -> Response:
@@ -284,9 +306,14 @@ def register_request_log(app: Flask, settings: Settings) -> None:
         if record is None:
             return response
         record.status = response.status_code
-        if not g.get("deferred_log") or response.status_code >= 400:
-            if response.status_code >= 400:
-                record.outcome = "rejected" if response.status_code < 500 else "failed"
+        if response.status_code >= 400:
+            record.outcome = "rejected" if response.status_code < 500 else "failed"
+            record.emit(settings.log_format)
+        elif g.get("deferred_log"):
+            pass  # the stream emits its record when it ends
+        elif g.get("quiet"):
+            record.finish()
+        else:
             record.emit(settings.log_format)
         return response
 
@@ -297,9 +324,13 @@ def register_error_handlers(app: Flask) -> None:
         record: RequestRecord | None = g.get("record")
         if record is not None:
             record.error = f"{exc.code}: {exc.message}"
+            if isinstance(exc, UpstreamError) and not record.upstream_failures:
+                record.upstream_failures.append(exc.code)
         response = json_response(exc.body(), status=exc.status)
         if exc.retry_after:
             response.headers["Retry-After"] = exc.retry_after
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="vapi-bridge"'
         return response
 
     @app.errorhandler(HTTPException)

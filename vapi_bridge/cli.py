@@ -293,13 +293,34 @@ def configure_key(
     ] = False,
     remove: Annotated[
         bool,
-        typer.Option("--remove", help="Remove the stored key (with --ngrok / --vapi: that one)."),
+        typer.Option(
+            "--remove", help="Remove the stored key (with --ngrok / --vapi / --oauth: that one)."
+        ),
     ] = False,
     new_bridge_key: Annotated[
-        bool, typer.Option("--new-bridge-key", help="Replace the bridge key Vapi sends.")
+        bool,
+        typer.Option(
+            "--new-bridge-key",
+            help="Make a new bridge key for Vapi; the old one stays valid until --retire-old-keys.",
+        ),
+    ] = False,
+    retire_old_keys: Annotated[
+        bool,
+        typer.Option(
+            "--retire-old-keys",
+            help="Keep only the newest bridge key (once Vapi sends it); running bridges follow.",
+        ),
+    ] = False,
+    oauth: Annotated[
+        bool,
+        typer.Option("--oauth", help="Create the OAuth2 client id and secret for `serve --oauth`."),
     ] = False,
     yes: Annotated[
-        bool, typer.Option("--yes", help="With --new-bridge-key: do not ask (for scripts).")
+        bool,
+        typer.Option(
+            "--yes",
+            help="With --new-bridge-key, --retire-old-keys or --oauth: do not ask (for scripts).",
+        ),
     ] = False,
     base_url: Annotated[
         str | None, typer.Option(help="SambaNova API base URL to verify against.")
@@ -320,8 +341,10 @@ def configure_key(
                 ("--show", show),
                 ("--remove", remove),
                 ("--new-bridge-key", new_bridge_key),
+                ("--retire-old-keys", retire_old_keys),
                 ("--ngrok", ngrok),
                 ("--vapi", vapi),
+                ("--oauth", oauth),
                 ("--stdin", stdin),
                 ("--no-verify", no_verify),
                 ("--yes", yes),
@@ -337,31 +360,56 @@ def configure_key(
     if show:
         for label, value, source in configure.describe(home, env):
             typer.echo(f"{label:30} {value:16} {source}".rstrip())
+        typer.echo(configure.bridge_key_count(home, env))
         return
     field = "ngrok_authtoken" if ngrok else "vapi_api_key" if vapi else "sambanova_api_key"
     if remove:
-        console.print(configure.remove(home, field, env))
+        remove_line = (
+            configure.remove_oauth_client(home, env)
+            if oauth
+            else configure.remove(home, field, env)
+        )
+        console.print(remove_line)
         return
     if new_bridge_key:
         if not yes:
-            if not sys.stdin.isatty():
-                raise ConfigError(
-                    "--new-bridge-key replaces the key Vapi sends, and there is no terminal "
-                    "to confirm it: nothing was changed.",
-                    hint="Add --yes to confirm in a script.",
-                )
-            # Asked on stderr and read from stdin by hand: stdout carries only the new key.
-            sys.stderr.write(
-                "Replace the bridge key? Vapi keeps sending the old one until its credential "
-                "is updated (serve --assistant does it). [y/N]: "
+            _confirm(
+                "--new-bridge-key makes the key Vapi should send",
+                "Replace the bridge key? The current one stays valid until `vapi-bridge "
+                "configure-key --retire-old-keys`. [y/N]: ",
+                "Kept the current bridge key.",
             )
-            sys.stderr.flush()
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                console.print("Kept the current bridge key.")
-                raise typer.Exit(1)
         secret = configure.new_bridge_key(home)
-        console.print("New bridge key stored. Update the Custom LLM credential in Vapi:")
+        console.print(
+            "New bridge key stored; the previous one stays valid until `vapi-bridge "
+            "configure-key --retire-old-keys`. Update the Custom LLM credential in Vapi:"
+        )
         typer.echo(secret)
+        return
+    if retire_old_keys:
+        if not yes:
+            _confirm(
+                "--retire-old-keys refuses every bridge key but the newest",
+                "Retire the older bridge keys? Callers still sending one get 401. [y/N]: ",
+                "Kept every bridge key.",
+            )
+        console.print(configure.retire_old_keys(home))
+        return
+    if oauth:
+        if configure.has_oauth_client(home) and not yes:
+            _confirm(
+                "An OAuth2 client is stored already and --oauth would replace it",
+                "Replace the OAuth2 client? Tokens issued for the current one stop working "
+                "until Vapi has the new secret. [y/N]: ",
+                "Kept the current OAuth2 client.",
+            )
+        client_id, client_secret = configure.new_oauth_client(home)
+        console.print(
+            "OAuth2 client stored. In Vapi's credential (OAuth2), use the token URL that "
+            "`vapi-bridge serve --oauth` prints, and this client id and secret:"
+        )
+        typer.echo(client_id)
+        typer.echo(client_secret)
         return
     vapi_url = configure.vapi_base_url(vapi_base_url, env) if vapi else ""
     label = configure.label(field)
@@ -372,6 +420,20 @@ def configure_key(
             home, field, raw, verify=not no_verify, base_url=url, vapi_base_url=vapi_url
         )
     )
+
+
+def _confirm(doing: str, question: str, kept: str) -> None:
+    """Ask on stderr (stdout carries only the new values); without a terminal, refuse."""
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{doing}, and there is no terminal to confirm it: nothing was changed.",
+            hint="Add --yes to confirm in a script.",
+        )
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        _stderr().print(kept)
+        raise typer.Exit(1)
 
 
 @app.command()

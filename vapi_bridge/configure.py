@@ -26,21 +26,31 @@ SECRETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ngrok_authtoken", SOURCES["ngrok_authtoken"][0]),
     ("bridge_secret", SOURCES["secret"][0]),
     ("vapi_api_key", VAPI_KEY_ENV),
+    ("oauth_client_id", SOURCES["oauth_client_id"][0]),
+    ("oauth_client_secret", SOURCES["oauth_client_secret"][0]),
 )
-ACTIONS = ("--show", "--remove", "--new-bridge-key")
-# What each action accepts besides itself; None is "store a key".
+# Shown whole by --show: an identifier, not a secret.
+PUBLIC = frozenset({"oauth_client_id"})
+OAUTH_FIELDS = ("oauth_client_id", "oauth_client_secret")
+ACTIONS = ("--show", "--remove", "--new-bridge-key", "--retire-old-keys")
+# Which stored credential a command is about, besides the SambaNova key.
+CREDENTIALS = ("--ngrok", "--vapi", "--oauth")
+# What each action accepts besides itself; None is "store a key" (with --oauth: create the
+# OAuth2 client).
 ACCEPTS: dict[str | None, frozenset[str]] = {
     "--show": frozenset(),
-    "--remove": frozenset({"--ngrok", "--vapi"}),
+    "--remove": frozenset(CREDENTIALS),
     "--new-bridge-key": frozenset({"--yes"}),
+    "--retire-old-keys": frozenset({"--yes"}),
     None: frozenset(
-        {"--ngrok", "--vapi", "--stdin", "--no-verify", "--base-url", "--vapi-base-url"}
+        {*CREDENTIALS, "--stdin", "--no-verify", "--base-url", "--vapi-base-url", "--yes"}
     ),
 }
 ACTION_HINTS = {
     "--show": "--show lists every key at once: run it alone.",
-    "--remove": "Use --remove alone for the SambaNova key, or with --ngrok or --vapi.",
+    "--remove": "Use --remove alone for the SambaNova key, or with --ngrok, --vapi or --oauth.",
     "--new-bridge-key": "It makes the key itself; add --yes to skip the question in scripts.",
+    "--retire-old-keys": "It keeps only the newest bridge key; add --yes in scripts.",
     None: "See `vapi-bridge configure-key --help`.",
 }
 
@@ -52,9 +62,11 @@ def check_options(given: Sequence[str]) -> None:
         raise ConfigError(
             f"{actions[0]} and {actions[1]} cannot be used together.", hint="Run one at a time."
         )
-    if "--ngrok" in given and "--vapi" in given:
+    chosen = [option for option in CREDENTIALS if option in given]
+    if len(chosen) > 1:
         raise ConfigError(
-            "--ngrok and --vapi cannot be used together.", hint="Handle one key at a time."
+            f"{chosen[0]} and {chosen[1]} cannot be used together.",
+            hint="Handle one key at a time.",
         )
     action = actions[0] if actions else None
     for option in given:
@@ -62,6 +74,15 @@ def check_options(given: Sequence[str]) -> None:
             continue
         doing = f"{action} cannot be combined with" if action else "Storing a key does not take"
         raise ConfigError(f"{doing} {option}.", hint=ACTION_HINTS[action])
+    if action is None and "--oauth" in given:
+        extra = [option for option in given if option not in ("--oauth", "--yes")]
+        if extra:
+            raise ConfigError(
+                f"--oauth makes its own client id and secret; it does not take {extra[0]}.",
+                hint="Run `vapi-bridge configure-key --oauth` alone (--yes to replace one).",
+            )
+    elif action is None and "--yes" in given:
+        raise ConfigError("Storing a key does not take --yes.", hint=ACTION_HINTS[None])
     if action is None and "--base-url" in given and ({"--ngrok", "--vapi"} & set(given)):
         raise ConfigError(
             "--base-url is SambaNova's API URL; it does not apply to --ngrok or --vapi.",
@@ -219,9 +240,27 @@ def describe(home: Path, env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     rows = []
     for field, _ in SECRETS:
         value, source = lookup(field, home, env)
-        shown = keystore.mask(value) if value else "not set"
+        shown = (value if field in PUBLIC else keystore.mask(value)) if value else "not set"
         rows.append((keystore.LABELS[field], shown, source))
     return rows
+
+
+def bridge_key_count(home: Path, env: Mapping[str, str]) -> str:
+    """How many bridge keys a bridge started now would accept, and from where."""
+    names = dict(SECRETS)["bridge_secret"]
+    for name in names:
+        if env.get(name, "").strip():
+            keys: tuple[str, ...] = pick("secret", None, {name: env[name]}, {})
+            return f"Bridge keys valid: {len(keys)}, from the environment ({name})."
+    keys = keystore.bridge_keys(load(home))
+    if not keys:
+        return "Bridge keys valid: none stored yet (`vapi-bridge serve` makes one)."
+    if len(keys) == 1:
+        return "Bridge keys valid: 1."
+    return (
+        f"Bridge keys valid: {len(keys)}: the newest, and {len(keys) - 1} older until "
+        "`vapi-bridge configure-key --retire-old-keys`."
+    )
 
 
 def label(field: str) -> str:
@@ -275,8 +314,43 @@ def remove(home: Path, field: str, env: Mapping[str, str]) -> str:
 
 
 def new_bridge_key(home: Path) -> str:
-    """Replace the bridge key; returns it, since the user must paste it into Vapi."""
+    """A new bridge key to give Vapi, the current ones still valid; returns it, since the
+    user must paste it into Vapi."""
     load(home)
-    secret = keystore.new_secret()
-    keystore.update(home, bridge_secret=secret)
-    return secret
+    return keystore.rotate_bridge_key(home)
+
+
+def retire_old_keys(home: Path) -> str:
+    """Keep only the newest bridge key; running bridges that serve the stored keys follow."""
+    if not keystore.bridge_keys(load(home)):
+        return "No bridge key is stored; nothing to retire."
+    retired = keystore.retire_old_keys(home)
+    if not retired:
+        return "Only the newest bridge key is valid already; nothing to retire."
+    return (
+        f"Retired {retired} older bridge key(s): only the newest is valid now, on running "
+        "bridges too."
+    )
+
+
+def has_oauth_client(home: Path) -> bool:
+    data = load(home)
+    return all(data.get(field) for field in OAUTH_FIELDS)
+
+
+def new_oauth_client(home: Path) -> tuple[str, str]:
+    """A new OAuth2 client id and secret, stored 0600; returns them for the user to paste."""
+    load(home)
+    return keystore.new_oauth_client(home)
+
+
+def remove_oauth_client(home: Path, env: Mapping[str, str]) -> str:
+    if not any(load(home).get(field) for field in OAUTH_FIELDS):
+        line = "No OAuth2 client is stored; nothing to remove."
+    else:
+        keystore.update(home, **dict.fromkeys(OAUTH_FIELDS))
+        line = "Removed the stored OAuth2 client; its tokens stop working."
+    overriding = [name for field in OAUTH_FIELDS for name in dict(SECRETS)[field] if env.get(name)]
+    if overriding:
+        line += f" {overriding[0]} is set in the environment and still applies."
+    return line

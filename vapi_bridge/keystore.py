@@ -1,7 +1,8 @@
 """The stored config: one JSON file in the bridge's home, ``0600`` inside a ``0700`` folder.
 
-It holds the SambaNova key, the ngrok token, the bridge key and the Vapi private API key, so
-it is written atomically through a file created with owner-only permissions from the start
+It holds the SambaNova key, the ngrok token, the bridge keys (the newest, and the older ones
+still valid while Vapi moves to it), the OAuth2 client and the Vapi private API key, so it is
+written atomically through a file created with owner-only permissions from the start
 (never chmod-ed after the secret is already on disk), and anything printed goes through
 :func:`mask`.
 """
@@ -22,7 +23,11 @@ LABELS = {
     "ngrok_authtoken": "ngrok auth token",
     "bridge_secret": "Bridge key (Vapi credential)",
     "vapi_api_key": "Vapi private API key",
+    "oauth_client_id": "OAuth2 client id",
+    "oauth_client_secret": "OAuth2 client secret",
 }
+# The bridge keys still accepted beside ``bridge_secret`` (the newest), newest first.
+RETIRING = "bridge_secrets_retiring"
 
 
 class ConfigFileError(Exception):
@@ -72,7 +77,7 @@ def save(home: Path, values: dict[str, Any]) -> None:
     write_private(config_path(home), json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
-def update(home: Path, **changes: str | None) -> dict[str, Any]:
+def update(home: Path, **changes: Any) -> dict[str, Any]:
     """Set (or, with ``None``, remove) stored values; returns the new config."""
     data = load(home)
     for key, value in changes.items():
@@ -97,6 +102,50 @@ def bridge_secret(home: Path) -> str:
 
 def new_secret() -> str:
     return "vb_" + secrets.token_urlsafe(32)
+
+
+def bridge_keys(data: dict[str, Any]) -> tuple[str, ...]:
+    """The stored bridge keys in a loaded config, the newest first."""
+    newest = data.get("bridge_secret")
+    if not isinstance(newest, str) or not newest:
+        return ()
+    older = data.get(RETIRING)
+    keys = (
+        [newest, *(k for k in older if isinstance(k, str))] if isinstance(older, list) else [newest]
+    )
+    return tuple(dict.fromkeys(keys))
+
+
+def rotate_bridge_key(home: Path) -> str:
+    """A new bridge key becomes the one to give Vapi; the current ones stay valid."""
+    keys = bridge_keys(load(home))
+    secret = new_secret()
+    update(home, bridge_secret=secret, **{RETIRING: list(keys) or None})
+    return secret
+
+
+def retire_old_keys(home: Path) -> int:
+    """Only the newest bridge key stays valid; returns how many keys were retired."""
+    retired = len(bridge_keys(load(home))[1:])
+    if retired:
+        update(home, **{RETIRING: None})
+    return retired
+
+
+def oauth_client(home: Path) -> tuple[str, str]:
+    """The stored OAuth2 client id and secret, created (strong, random) on first use."""
+    data = load(home)
+    client_id, secret = data.get("oauth_client_id"), data.get("oauth_client_secret")
+    if isinstance(client_id, str) and client_id and isinstance(secret, str) and secret:
+        return client_id, secret
+    return new_oauth_client(home)
+
+
+def new_oauth_client(home: Path) -> tuple[str, str]:
+    """Replace the OAuth2 client; tokens issued for the old one stop working."""
+    client_id, secret = "vbc_" + secrets.token_hex(8), "vbs_" + secrets.token_urlsafe(32)
+    update(home, oauth_client_id=client_id, oauth_client_secret=secret)
+    return client_id, secret
 
 
 def mask(secret: str | None) -> str:

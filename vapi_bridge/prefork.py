@@ -10,6 +10,11 @@ so user hooks are imported once and workers share its pages; the app starts its 
 first use, so nothing is lost in the fork. The child reports back through a pipe, one JSON
 object a line: a start-up error (shown as the bridge's own error), and at shutdown how many
 streams each worker had to cut and how many after-reply jobs it lost.
+
+Metrics: the child gets a fresh directory for prometheus_client's multiprocess mode in its
+environment from its first instruction (the library picks its mode when first imported), the
+master marks each exited worker dead there, and the master and the bridge each remove the
+directory when they stop (the master also when the bridge was killed).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,7 @@ class PreforkServer:
         self._settings_file = settings.home / f"workers-{os.getpid()}.json"
         self._proc: subprocess.Popen[bytes] | None = None
         self._reports: Any = None
+        self._metrics_dir: Path | None = None
         self.lost = 0
 
     @property
@@ -55,7 +64,9 @@ class PreforkServer:
         return self._port
 
     def start(self) -> None:
-        keystore.write_private(self._settings_file, to_json(self._settings))
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="vapi-bridge-metrics-"))
+        settings = replace(self._settings, metrics_dir=self._metrics_dir)
+        keystore.write_private(self._settings_file, to_json(settings))
         read_end, write_end = os.pipe()
         fd = self._listener.fileno()
         try:
@@ -64,6 +75,7 @@ class PreforkServer:
                 [sys.executable, "-m", "vapi_bridge.prefork", *args],
                 pass_fds=(fd, write_end),
                 start_new_session=True,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir)},
             )
         finally:
             os.close(write_end)
@@ -96,6 +108,13 @@ class PreforkServer:
         """Graceful stop; returns how many live streams the workers had to end early."""
         with contextlib.suppress(OSError):
             self._settings_file.unlink()
+        try:
+            return self._stop_child(grace)
+        finally:
+            if self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _stop_child(self, grace: float) -> int:
         if self._proc is None:
             return 0
         if self._proc.poll() is None:
@@ -133,6 +152,7 @@ def main(argv: list[str]) -> None:
     from vapi_bridge import reqlog
     from vapi_bridge.app import bridge_of, create_app
     from vapi_bridge.errors import BridgeError
+    from vapi_bridge.metrics import mark_process_dead
 
     fd, report_fd, settings_file = int(argv[0]), int(argv[1]), Path(argv[2])
     settings = from_json(settings_file.read_text(encoding="utf-8"))
@@ -167,6 +187,16 @@ def main(argv: list[str]) -> None:
         if lost:
             report(lost=lost)
 
+    def on_child_exit(_arbiter: Any, worker: Any) -> None:
+        if settings.metrics_dir is not None:
+            mark_process_dead(worker.pid, settings.metrics_dir)
+
+    def on_exit(_arbiter: Any) -> None:
+        """The master's last act: the bridge removes the metrics directory too, but it may
+        have been killed (then watch_parent brought us here)."""
+        if settings.metrics_dir is not None:
+            shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+
     def watch_parent(_arbiter: Any) -> None:
         """Stop gracefully if the bridge process that started us is gone."""
         parent = os.getppid()
@@ -194,6 +224,8 @@ def main(argv: list[str]) -> None:
                 "proc_name": "vapi-bridge",
                 "post_worker_init": on_worker_ready,
                 "worker_exit": on_worker_exit,
+                "child_exit": on_child_exit,
+                "on_exit": on_exit,
                 "when_ready": watch_parent,
             }
             for key, value in options.items():

@@ -1,7 +1,8 @@
 """One log line per request, on stderr: what an operator needs, and nothing private.
 
 A record holds timings, counts and Vapi's call id; never a body, a header, a key or a phone
-number. ``text`` is for people, ``json`` for log collectors.
+number. ``text`` is for people, ``json`` for log collectors. When the request is over, the
+record's observer (the metrics) sees it once, whether or not it is logged.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 logger = logging.getLogger("vapi_bridge.requests")
@@ -30,6 +33,8 @@ def safe_path(path: str) -> str:
 
 
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+# Fields that are not figures about the request: never logged.
+_INTERNAL = ("started", "observer")
 
 
 @dataclass
@@ -54,6 +59,12 @@ class RequestRecord:
     completion_tokens: int | None = None
     outcome: str = "ok"
     error: str | None = None
+    # Each upstream failure met, by error code (a bounded set): the error the request ended
+    # with, or the turn's failed attempts when it records them.
+    upstream_failures: list[str] = field(default_factory=list)
+    observer: Callable[[RequestRecord], None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def first_token(self) -> None:
         """SambaNova's first token (chunk) arrived now."""
@@ -71,6 +82,11 @@ class RequestRecord:
         """What happened to each model asked, in order (``A(429)>B``)."""
         self.tried, self.hedged = story, hedged
 
+    def fallbacks(self) -> int:
+        """How many times the turn moved on to another model, from its attempts' story."""
+        models = [step.split("(", 1)[0] for step in self.tried]
+        return sum(1 for before, after in pairwise(models) if after != before)
+
     def _since_start(self, when: float) -> float:
         return round((when - self.started) * 1000, 1)
 
@@ -81,12 +97,27 @@ class RequestRecord:
             self.completion_tokens = completion if isinstance(completion, int) else None
 
     def emit(self, log_format: str) -> None:
-        self.total_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        self.finish()
         level = logging.WARNING if self.status >= 500 or self.outcome != "ok" else logging.INFO
         logger.log(level, self.json() if log_format == "json" else self.text())
 
+    def finish(self) -> None:
+        """The request is over: fix its total time; the observer sees it once, and a failing
+        observer never fails the request."""
+        self.total_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        observer, self.observer = self.observer, None
+        if observer is not None:
+            try:
+                observer(self)
+            except Exception:
+                logger.exception("the request record's observer failed")
+
     def json(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "started" and v is not None}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in _INTERNAL and getattr(self, f.name) not in (None, [])
+        }
         data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return json.dumps(data, separators=(",", ":"))
 

@@ -81,22 +81,23 @@ def serve(settings: Settings, console: Console) -> None:
                     pid=os.getpid(),
                     local_url=local_url(settings.host, http.port),
                     public_url=public,
-                    secret=settings.secret,
+                    secret=settings.bridge_key,
                     agent_pid=tunnel.agent_pid if tunnel is not None else None,
                 ),
             )
             unwired = None
             if link is not None:
                 model = settings.model or settings.default_model
-                unwired = link.open(public, model=model, bridge_key=settings.secret)
+                unwired = link.open(public, model=model, bridge_key=settings.bridge_key)
             _announce(settings, http.port, public, tunnel_error, console, link, unwired)
             check_model_later(settings)
             server.wait(stop)
+            # /ready answers 503 from now on, so a load balancer sends no new calls here.
+            if bridge is not None:
+                bridge.draining = True
             # First, so Vapi sends no new calls here while live ones finish.
             _unwire(link, console)
             console.print("[dim]Stopping: finishing live replies...[/]")
-            if bridge is not None:
-                bridge.draining = True
             cut = http.stop(settings.shutdown_grace)
             if cut:
                 console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
@@ -156,13 +157,18 @@ def listen_hint(port: int, platform: str = sys.platform) -> str:
 
 
 def complete_settings(settings: Settings) -> Settings:
-    """Fill what only the user's files can give: the stored (or new) bridge key, and the
-    ngrok token from the user's own ngrok config when none was configured for the bridge."""
+    """Fill what only the user's files can give: the stored (or new) bridge key and OAuth2
+    client, and the ngrok token from the user's own ngrok config when none was configured for
+    the bridge."""
     changes: dict[str, Any] = {}
     if settings.no_auth:
-        changes["secret"] = None
-    elif settings.secret is None:
-        changes["secret"] = keystore.bridge_secret(settings.home)
+        changes["secret"] = ()
+    elif not settings.secret:
+        changes["secret"] = (keystore.bridge_secret(settings.home),)
+    if settings.oauth and not (settings.oauth_client_id and settings.oauth_client_secret):
+        client_id, client_secret = keystore.oauth_client(settings.home)
+        changes["oauth_client_id"] = settings.oauth_client_id or client_id
+        changes["oauth_client_secret"] = settings.oauth_client_secret or client_secret
     if settings.tunnel and settings.ngrok_authtoken is None:
         from vapi_bridge.tunnel import stored_ngrok_token
 
@@ -247,21 +253,28 @@ def _announce(
             "[bold]Custom LLM URL[/] [dim](paste the base URL: Vapi appends /chat/completions)[/]"
         )
         _print_value(console, public)
-    if settings.secret:
+    if settings.bridge_key:
         console.print("[bold]API key[/] [dim](store it as the Custom LLM credential in Vapi)[/]")
         if console.is_terminal:
-            _print_value(console, settings.secret)
+            _print_value(console, settings.bridge_key)
         else:
             held_in = state.path(settings.home, os.getpid())
             _print_value(
                 console,
-                f"{keystore.mask(settings.secret)}  (masked: stderr is not a terminal; "
+                f"{keystore.mask(settings.bridge_key)}  (masked: stderr is not a terminal; "
                 f'the whole key is "secret" in {held_in})',
             )
+        if len(settings.secret) > 1:
+            console.print(
+                f"[dim]Also accepted: {len(settings.secret) - 1} older key(s) (stored ones "
+                "until `vapi-bridge configure-key --retire-old-keys`).[/]"
+            )
+    if settings.oauth:
+        _announce_oauth(settings, public or local, console)
     if tunnel_error is not None:
         console.print(f"[bold yellow]Tunnel not opened:[/] {tunnel_error.cli_message()}")
         console.print(f"[yellow]Still serving locally at {local}.[/]")
-    if settings.secret is None:
+    if not settings.secret and not settings.oauth:
         where = "on the public internet" if public else "without a key"
         console.print(f"[bold red]WARNING: anyone who finds this bridge can use it {where}.[/]")
     if settings.host not in LOOPBACK:
@@ -274,6 +287,27 @@ def _announce(
     # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
     sys.stdout.write((public or local) + "\n")
     sys.stdout.flush()
+
+
+def _announce_oauth(settings: Settings, base: str, console: Console) -> None:
+    """The three values Vapi's OAuth2 credential asks for, each on a line of its own; the
+    secret shown like the bridge key: whole on a terminal, masked in a log."""
+    console.print("[bold]OAuth2[/] [dim](Vapi: credential > OAuth2 client credentials)[/]")
+    console.print("[bold]Token URL[/]")
+    _print_value(console, base + "/oauth/token")
+    console.print("[bold]Client ID[/]")
+    _print_value(console, settings.oauth_client_id or "")
+    console.print("[bold]Client secret[/]")
+    secret = settings.oauth_client_secret or ""
+    if console.is_terminal:
+        _print_value(console, secret)
+    else:
+        _print_value(
+            console,
+            f"{keystore.mask(secret)}  (masked: stderr is not a terminal; the whole secret is "
+            f'"oauth_client_secret" in {keystore.config_path(settings.home)}, or in '
+            "VAPI_BRIDGE_OAUTH_CLIENT_SECRET)",
+        )
 
 
 def _print_value(console: Console, value: str) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,9 @@ class Option:
     stored: str | None = None
     metavar: str | None = None
     secret: bool = False
+    # A stored list whose values join the stored value, when that is where the setting comes
+    # from: the older bridge keys that stay valid until `configure-key --retire-old-keys`.
+    stored_with: str | None = None
 
 
 def option(default: Any, **spec: Any) -> Any:
@@ -174,6 +178,33 @@ def _secret_key(value: Any) -> str:
     return key
 
 
+def _secret_keys(value: Any) -> tuple[str, ...]:
+    """One key or several (rotation): a list, or a comma-separated string; the first is the
+    key the bridge hands out, the others stay valid. None or an empty list: no key."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    parts = [part for item in items for part in str(item).split(",")]
+    return tuple(dict.fromkeys(_secret_key(part) for part in parts))
+
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{4,128}$")
+
+
+def _client_id(value: Any) -> str:
+    text = str(value).strip()
+    if not _CLIENT_ID.match(text):
+        raise ValueError("must be 4 to 128 letters, digits, '.', '_', '~' or '-'")
+    return text
+
+
+def _directory(value: Any) -> Path:
+    path = _path(value)
+    if not path.is_dir():
+        raise ValueError("is not an existing directory")
+    return path
+
+
 def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
     pairs = value.split(",") if isinstance(value, str) else value
     out = []
@@ -215,14 +246,16 @@ class Settings:
 
     home: Path = field(default_factory=lambda: home_dir())
     # Vapi and auth
-    secret: str | None = option(
-        None,
-        parse=_optional(_secret_key),
-        help="Bridge key Vapi must send (default: the stored random key).",
+    secret: tuple[str, ...] = option(
+        (),
+        parse=_secret_keys,
+        help="Bridge key Vapi must send (default: the stored random key). Repeatable to "
+        "rotate: the first is the one to give Vapi, the others stay valid.",
         group=VAPI,
         flag="--secret",
         env=("VAPI_BRIDGE_SECRET",),
         stored="bridge_secret",
+        stored_with="bridge_secrets_retiring",
         metavar="KEY",
         secret=True,
     )
@@ -232,6 +265,27 @@ class Settings:
         help="Accept requests without a bridge key (unsafe behind a tunnel).",
         group=VAPI,
         flag="--no-auth",
+    )
+    oauth: bool = option(
+        False,
+        parse=_switch,
+        help="Serve POST /oauth/token (OAuth2 client credentials) and accept its short-lived "
+        "tokens beside the bridge key.",
+        group=VAPI,
+        flag="--oauth",
+    )
+    oauth_client_id: str | None = option(
+        None,
+        parse=_optional(_client_id),
+        env=("VAPI_BRIDGE_OAUTH_CLIENT_ID",),
+        stored="oauth_client_id",
+    )
+    oauth_client_secret: str | None = option(
+        None,
+        parse=_optional(_secret_key),
+        env=("VAPI_BRIDGE_OAUTH_CLIENT_SECRET",),
+        stored="oauth_client_secret",
+        secret=True,
     )
     model: str | None = option(
         None,
@@ -528,6 +582,7 @@ class Settings:
         help="Port to listen on (0: any free port).",
         group=SERVER,
         flag="--port",
+        env=("PORT",),
         metavar="PORT",
     )
     workers: int = option(
@@ -561,6 +616,26 @@ class Settings:
         group=SERVER,
         flag="--log-format",
     )
+    metrics_token: str | None = option(
+        None,
+        parse=_optional(_secret_key),
+        help="Token Prometheus may send to read /metrics (the bridge key works too).",
+        group=SERVER,
+        flag="--metrics-token",
+        env=("VAPI_BRIDGE_METRICS_TOKEN",),
+        metavar="TOKEN",
+        secret=True,
+    )
+    # Where worker processes share their metrics (prometheus_client's multiprocess mode);
+    # `serve --workers` sets it for its own children.
+    metrics_dir: Path | None = option(
+        None, parse=_optional(_directory), env=("PROMETHEUS_MULTIPROC_DIR",)
+    )
+
+    @property
+    def bridge_key(self) -> str | None:
+        """The bridge key to give Vapi (shown, wired, recorded): the newest one."""
+        return self.secret[0] if self.secret else None
 
 
 def options() -> list[tuple[dataclasses.Field[Any], Option]]:
@@ -571,6 +646,7 @@ def options() -> list[tuple[dataclasses.Field[Any], Option]]:
 # Flags that make no sense together: (flag name, its value when set) pairs.
 CONFLICTS: tuple[tuple[tuple[str, Any], tuple[str, Any], str], ...] = (
     (("no_auth", True), ("secret", None), "--no-auth turns the key off; --secret sets one"),
+    (("no_auth", True), ("oauth", True), "--no-auth turns auth off; --oauth issues tokens for it"),
     (("tunnel", False), ("domain", None), "--domain names a tunnel URL; --no-tunnel opens none"),
     (("tunnel", False), ("tunnel_timeout", None), "--no-tunnel opens no tunnel to wait for"),
     (("tunnel", False), ("ngrok_path", None), "--no-tunnel runs no ngrok agent"),
@@ -704,7 +780,11 @@ def _source(
         if env.get(variable, "").strip():
             return variable, env[variable]
     if spec.stored is not None and stored.get(spec.stored) not in (None, ""):
-        return f"the stored '{spec.stored}'", stored[spec.stored]
+        raw = stored[spec.stored]
+        also = stored.get(spec.stored_with) if spec.stored_with else None
+        if isinstance(also, list) and also:
+            raw = [raw, *also]
+        return f"the stored '{spec.stored}'", raw
     return None, None
 
 
