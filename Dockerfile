@@ -36,7 +36,6 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=2)"]
 # Exec form: the bridge is PID 1 and gets SIGTERM itself (it finishes live replies within
 # --shutdown-grace). Run with --init (tini) when you use --workers, so orphans are reaped.
+# serve reads the port from $PORT (8080 above, or what the platform sets); arguments after
+# the image name are more serve options.
 ENTRYPOINT ["vapi-bridge", "serve", "--no-tunnel", "--host", "0.0.0.0"]
-# Until `serve` reads $PORT itself, the port is given here. Arguments after the image name
-# replace this line: keep `--port 8080` when you add options.
-CMD ["--port", "8080"]

@@ -172,14 +172,24 @@ def test_a_turn_answered_by_a_fallback_model_is_counted(start_bridge: BridgeFact
 
 
 def test_fallbacks_from_the_record_are_counted() -> None:
-    """The turn's attempts are on the record (A, A again, then B, then C: two fallbacks)."""
+    """A turn answered by another model than the one asked counts once, however it got there
+    (A failed twice, B was slow, C answered; or A was cooling down and B answered at once)."""
     metrics = Metrics()
     record = RequestRecord(method="POST", path="/chat/completions", status=200)
+    record.requested_model = "A"
     record.attempts(["A(429)", "A(503)", "B(slow)", "C"], hedged=False)
     record.upstream_failures = ["rate_limit_exceeded", "upstream_server_error"]
     record.observer = lambda r: metrics.observe(r, "/chat/completions")
     record.emit("text")
     record.emit("text")  # a record is counted once, whatever calls emit
+    skipped = RequestRecord(method="POST", path="/chat/completions", status=200)
+    skipped.requested_model = "A"
+    skipped.attempts(["B"], hedged=False)
+    metrics.observe(skipped, "/chat/completions")
+    same = RequestRecord(method="POST", path="/chat/completions", status=200)
+    same.requested_model = "A"
+    same.attempts(["A(503)", "A"], hedged=False)
+    metrics.observe(same, "/chat/completions")
     samples = parse(metrics.render(None)[0].decode())
     assert value(samples, "vapi_bridge_fallbacks_total") == 2
     assert value(samples, "vapi_bridge_upstream_failures_total", kind="rate_limit_exceeded") == 1

@@ -205,6 +205,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
         if route.prepare is not None:
             chat_request = route.prepare(chat_request)
         record.model, record.stream = chat_request.model, chat_request.stream
+        record.requested_model = chat_request.model
         turn = Turn(chat_request, record, route.turns)
         if not chat_request.stream:
             response = json_response(turn.complete())

@@ -129,10 +129,12 @@ class GroupedCommand(TyperCommand):
 
 
 SERVE_EPILOG = (
-    "Keys come from the environment or the stored config, never from a flag (flags show in "
-    "`ps`): SAMBANOVA_API_KEY (or `vapi-bridge configure-key`), NGROK_AUTHTOKEN (or "
-    "`configure-key --ngrok`), VAPI_BRIDGE_SECRET (the bridge key). VAPI_BRIDGE_HOME moves "
-    "the config folder."
+    "Keys come from the environment or the stored config, not from flags (flags show in "
+    "`ps`): SAMBANOVA_API_KEY (or `vapi-bridge configure-key`), NGROK_AUTHTOKEN "
+    "(`configure-key --ngrok`), VAPI_API_KEY (`configure-key --vapi`), VAPI_BRIDGE_SECRET "
+    "(the bridge keys, comma-separated), VAPI_BRIDGE_METRICS_TOKEN, "
+    "VAPI_BRIDGE_OAUTH_CLIENT_ID and VAPI_BRIDGE_OAUTH_CLIENT_SECRET. PORT is the port when "
+    "--port is not given. VAPI_BRIDGE_HOME moves the config folder."
 )
 
 

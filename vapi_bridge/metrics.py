@@ -68,7 +68,7 @@ class Metrics:
         )
         self.fallbacks = Counter(
             "vapi_bridge_fallbacks",
-            "Times a turn moved on to another model.",
+            "Turns answered by another model than the one asked for.",
             registry=registry,
         )
         self.client_disconnects = Counter(

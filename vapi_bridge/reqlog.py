@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from itertools import pairwise
 from typing import Any
 
 logger = logging.getLogger("vapi_bridge.requests")
@@ -52,6 +51,7 @@ class RequestRecord:
     think_ms: float | None = None
     total_ms: float | None = None
     chunks: int = 0
+    requested_model: str | None = None
     tried: list[str] = field(default_factory=list)
     hedged: bool = False
     rate_remaining: int | None = None
@@ -83,9 +83,10 @@ class RequestRecord:
         self.tried, self.hedged = story, hedged
 
     def fallbacks(self) -> int:
-        """How many times the turn moved on to another model, from its attempts' story."""
-        models = [step.split("(", 1)[0] for step in self.tried]
-        return sum(1 for before, after in pairwise(models) if after != before)
+        """1 when another model than the one asked for answered (after a failure, a slow
+        first token, a hedge, or straight away because the asked one was cooling down)."""
+        answered = self.tried[-1] if self.tried and "(" not in self.tried[-1] else None
+        return int(answered is not None and answered != self.requested_model)
 
     def _since_start(self, when: float) -> float:
         return round((when - self.started) * 1000, 1)

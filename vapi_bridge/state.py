@@ -160,7 +160,8 @@ def target(
             )
         else:
             base = DEFAULT_URL
-    key = secret or env.get("VAPI_BRIDGE_SECRET") or (chosen.secret if chosen else None)
+    listed = env.get("VAPI_BRIDGE_SECRET", "").split(",")[0].strip() or None
+    key = secret or listed or (chosen.secret if chosen else None)
     if key is None:
         with contextlib.suppress(keystore.ConfigFileError):
             key = keystore.load(home).get("bridge_secret")

@@ -141,6 +141,7 @@ class Turn:
             attempts.abort()
         outcome = attempts.run()
         self.record.attempts(outcome.story, hedged=outcome.hedged)
+        self.record.upstream_failures = [error.code for error in outcome.errors]
         if outcome.winner is not None:
             self.model = self.record.model = self.normalise.model = outcome.winner.model
             stream = outcome.winner.stream
