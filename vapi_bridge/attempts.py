@@ -20,6 +20,7 @@ for whichever attempt answers first; after that the turn reads the winner itself
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -122,6 +123,11 @@ class Attempt:
                 stream.close()
 
     def _run(self, upstream: Upstream, timeout: float, done: queue.Queue[Attempt | None]) -> None:
+        self.run_here(upstream, timeout)
+        done.put(self)
+
+    def run_here(self, upstream: Upstream, timeout: float) -> None:
+        """The attempt in the calling thread: up to its first chunk, an error, or abandon."""
         try:
             if self.whole:
                 self.first = upstream.complete(self.params, timeout=timeout)
@@ -137,7 +143,6 @@ class Attempt:
             close = self.stream is not None and (self.error is not None or self.abandoned)
         if close and self.stream is not None:
             self.stream.close()
-        done.put(self)
 
     def _open(self, upstream: Upstream, timeout: float) -> None:
         stream = upstream.open_stream(self.params, timeout=timeout)
@@ -184,6 +189,7 @@ class Attempts:
         stopping: threading.Event,
         *,
         whole: bool = False,
+        on_deadline: Callable[[], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.policy = policy
@@ -196,6 +202,11 @@ class Attempts:
         self._running: list[Attempt] = []
         self._pending = self._candidates(model)
         self._wake = threading.Event()
+        self._aborted = False
+        # One attempt at a time runs in the caller's thread; the turn's watchdog calls
+        # expire() at its deadline (see due()). Only hedging needs attempts side by side.
+        self.current: Attempt | None = None
+        self._on_deadline = on_deadline
 
     def _candidates(self, model: str) -> list[str]:
         fallbacks = [m for m in dict.fromkeys(self.policy.fallbacks) if m != model]
@@ -208,11 +219,30 @@ class Attempts:
 
     def abort(self) -> None:
         """Give up on every running attempt now (shutdown); :meth:`run` returns at once."""
+        self._aborted = True
         self._wake.set()
         self._done.put(None)
+        current = self.current
+        if current is not None:
+            current.abandon()
+
+    def due(self) -> float:
+        """When the attempt running in the caller's thread must be abandoned (else never)."""
+        current = self.current
+        if current is None or current.abandoned:
+            return math.inf
+        return self._attempt_deadline(current)
+
+    def expire(self) -> None:
+        """The watchdog's call at :meth:`due`: give up on the current attempt, try the next."""
+        current = self.current
+        if current is not None:
+            current.abandon()
 
     def run(self) -> Outcome:
         """Try models until one produces a first chunk, or none is left, or time runs out."""
+        if self.policy.hedge_after is None:
+            return self._one_at_a_time()
         while True:
             if not self._running and not self._start_next():
                 return self.outcome
@@ -233,6 +263,34 @@ class Attempts:
                 return self._won(attempt)
             if self._failed(attempt):
                 return self._give_up()
+
+    def _one_at_a_time(self) -> Outcome:
+        """The usual path: each attempt in the caller's thread, no thread handoff per turn."""
+        while self._pending and not (self._aborted or self.stopping.is_set()):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0.05:
+                break
+            model = self._pending.pop(0)
+            attempt = Attempt(model, self.params_for(model), whole=self.whole)
+            self.outcome.tried.append(model)
+            self._running = [attempt]
+            self.current = attempt
+            limit = self._attempt_deadline(attempt) - time.monotonic()
+            if self._on_deadline is not None:
+                self._on_deadline()
+            attempt.run_here(self.upstream, max(limit, 0.01))
+            self.current = None
+            self._running = []
+            if attempt.abandoned:
+                if self._aborted or self.stopping.is_set():
+                    break
+                self.outcome.errors.append(self._slow(attempt))
+                self.outcome.story.append(f"{attempt.model}(slow)")
+            elif attempt.error is None:
+                return self._won(attempt)
+            elif self._failed(attempt):
+                break
+        return self.outcome
 
     def _give_up(self) -> Outcome:
         for attempt in self._running:

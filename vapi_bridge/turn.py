@@ -135,6 +135,7 @@ class Turn:
             self._params_for,
             self.ctx.live.stopping,
             whole=whole,
+            on_deadline=None if whole else lambda: self.ctx.live.watch(self),
         )
         self._attempts = attempts
         if self.abort_reason is not None:
@@ -193,11 +194,18 @@ class Turn:
         self._finish(client_left=True)
 
     def due(self) -> float:
-        """When the watchdog must step in: the stall limit, once a model is answering (the
-        attempt policy keeps its own deadlines before that)."""
+        """When the watchdog must step in: the current attempt's deadline while models are
+        tried, then the stall limit once one is answering."""
         if self.last_data is None:
-            return math.inf
+            return self._attempts.due() if self._attempts is not None else math.inf
         return self.last_data + self.ctx.live.stall_timeout
+
+    def expire(self) -> None:
+        """The watchdog's call when :meth:`due` has passed."""
+        if self.last_data is None and self._attempts is not None:
+            self._attempts.expire()
+        else:
+            self.abort("stall")
 
     def abort(self, reason: str) -> None:
         """Stop waiting on upstream (from the watchdog or shutdown); the reader ends the turn."""
@@ -407,4 +415,4 @@ class LiveTurns:
                     self._changed.wait(None if soonest == math.inf else soonest - now)
                     continue
             for turn in expired:
-                turn.abort("stall")
+                turn.expire()
