@@ -1,8 +1,10 @@
 """Keep the model's reasoning out of what the caller hears.
 
 Vapi speaks ``delta.content`` and its voice formatter removes tags but not the text between
-them, so reasoning that reaches Vapi is read aloud. SambaNova's models carry reasoning in
-three shapes (protocol.md section 5), and this stage removes all of them whatever the model:
+them, so reasoning that reaches Vapi is read aloud. Reasoning comes in three shapes (the
+``sambanova`` SDK's ``types/chat/chat_completion_stream_response``; SambaNova's reasoning guide,
+https://docs.sambanova.ai/docs/en/build/reasoning; vLLM's ``reasoning_content``), and this
+stage removes all of them whatever the model:
 
 - ``delta.reasoning`` (gpt-oss) and ``delta.reasoning_content`` (vLLM, DeepSeek's own API);
 - ``delta.channel``: gpt-oss content in a channel other than ``final`` is reasoning. The

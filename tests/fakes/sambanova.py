@@ -1,7 +1,9 @@
 """A fake SambaNova Cloud API on loopback, for the real ``sambanova`` SDK to talk to.
 
-It speaks HTTP/1.1 with chunked streaming like the real service and replays the shapes in
-``shared/fixtures``. Tests script the next answers (:meth:`FakeSambaNova.push`) or pick a
+It speaks HTTP/1.1 with chunked streaming like the real service and replays the shapes it
+was seen to send (values invented): ``role`` in every delta, ``logprobs: null``, an
+empty-content finish chunk, a usage-only chunk with ``choices: []``, a float ``created`` in a
+whole reply. Tests script the next answers (:meth:`FakeSambaNova.push`) or pick a
 behaviour by model name (``fail-503``, ``slow``...) for concurrent runs, and then inspect what
 arrived (:attr:`FakeSambaNova.requests`) and which streams the client abandoned.
 
