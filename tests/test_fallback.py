@@ -7,6 +7,8 @@ Through the real SDK and the fake SambaNova, whose model names pick a failure: `
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,3 +183,30 @@ def test_a_slow_model_without_a_fallback_gets_the_whole_turn(
     response = bridge.post({**vapi_request(), "model": "slowfirst-600"})
     assert heard(response) == FULL
     assert asked(fake) == ["slowfirst-600"]
+
+
+def test_the_apology_log_names_what_was_tried_and_no_first_token(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture, tmp_path: Path
+) -> None:
+    """rl-30 rests after its 429; the next turn goes straight to the fallback, which fails."""
+    bridge = start_bridge(fallback_models=("fail-503",), transcript_dir=tmp_path / "t")
+    bridge.post({**vapi_request(), "model": "rl-30"})
+    second = bridge.post({**vapi_request(), "model": "rl-30"})
+    assert heard(second) == bridge.bridge.settings.apology
+    assert "X-Vapi-Bridge-Model" not in second.headers, "no model answered an apology"
+    lines = [line for line in logs.lines if "outcome=apology" in line]
+    assert len(lines) == 2 and "attempts=fail-503(503)" in lines[1]
+    assert "ttft=" not in lines[1] and "ttfs=" in lines[1]
+    whole = bridge.post({**vapi_request(), "model": "rl-30", "stream": False})
+    assert whole.json()["choices"][0]["message"]["content"] == bridge.bridge.settings.apology
+    bridge.stop()
+    (transcript,) = (tmp_path / "t").iterdir()
+    outcomes = [json.loads(line)["outcome"] for line in transcript.read_text().splitlines()]
+    assert outcomes == ["apology"] * 3
+
+
+def test_a_forced_model_is_not_mistaken_for_a_fallback(start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(model="gpt-oss-120b")
+    result = probe.run(bridge.url, secret=SECRET, model=GOOD)
+    assert result.ok and result.answered_by is None
+    assert not any("did not answer" in w for w in result.warnings)

@@ -86,6 +86,9 @@ def test_a_changed_file_is_re_read_and_a_broken_one_keeps_the_last_good(
     [
         ("[profiles.a]\nport = 80\n", "cannot set port"),
         ('[profiles.a]\nreasoning = "lots"\n', "reasoning 'lots' must be one of"),
+        ('[profiles.a]\nreasoning = "lots"\n', "Fix it in profiles.toml"),
+        ("[profiles.a]\nhedge_after = 200\n", "--hedge-after needs --fallback-model"),
+        ('[profiles.a]\nno_apology = true\napology = "hi"\n', "contradict"),
         ("[other]\n", "no [profiles.NAME] tables"),
         ("not toml at all [", "not valid TOML"),
     ],
@@ -116,7 +119,9 @@ def test_serve_assistant_profile_writes_the_header_and_the_panel_lists_profiles(
         with Serve(*args, env=env) as serve:
             serve.stdout_line()
             serve.wait_stderr(lambda line: "now uses this bridge" in line)
-            assert vapi.get(riley)["model"]["headers"]["X-Vapi-Bridge-Profile"] == "sales"
+            wired = vapi.get(riley)["model"]
+            assert wired["headers"]["X-Vapi-Bridge-Profile"] == "sales"
+            assert wired["model"] == "gpt-oss-120b", "the profile's model, not the base one"
             assert "sales, support" in serve.stderr
             assert serve.stop() == 0
     wrong = run_cli(

@@ -138,7 +138,17 @@ def test_serve_warns_in_the_background_about_a_model_sambanova_does_not_list(
     fake: FakeSambaNova,
 ) -> None:
     env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
-    with Serve("--no-tunnel", "--port", "0", "--model", "No-Such-Model", env=env) as serve:
+    args = ("--no-tunnel", "--port", "0", "--model", "No-Such-Model")
+    with Serve(*args, "--fallback-model", "No-Such-Fallback", env=env) as serve:
         serve.stdout_line()
         serve.wait_stderr(lambda line: "does not list model 'No-Such-Model'" in line)
+        serve.wait_stderr(lambda line: "does not list model 'No-Such-Fallback'" in line)
         assert serve.stop() == 0
+
+
+def test_models_never_cuts_a_model_id(fake: FakeSambaNova) -> None:
+    env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
+    for columns in ("60", "80"):
+        table = run_cli("models", env={**env, "COLUMNS": columns}).stdout
+        for model in MODEL_IDS:
+            assert model in table, (columns, table)

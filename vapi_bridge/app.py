@@ -216,8 +216,12 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
             response.call_on_close(turn.close)
             bridge.metrics.stream_started()
             response.call_on_close(bridge.metrics.stream_ended)
-        # Which model answered (a fallback, maybe): for `vapi-bridge test --model` and curl.
-        response.headers[sse.MODEL_HEADER] = turn.model
+        # Which model answered, and when it was a fallback, which one was asked: for
+        # `vapi-bridge test --model` and curl. No model answered an apology.
+        if turn.answered is not None:
+            response.headers[sse.MODEL_HEADER] = turn.answered
+            if turn.answered != chat_request.model:
+                response.headers[sse.FALLBACK_HEADER] = chat_request.model
         return response
 
     for path in CHAT_PATHS:

@@ -442,6 +442,7 @@ class Link:
         api_key: str | None,
         base_url: str,
         home: Path,
+        model: str,
         keep: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -453,6 +454,7 @@ class Link:
         check_assistant_id(assistant_id)
         self.assistant_id = assistant_id
         self.home = home
+        self.model = model
         self.keep = keep
         self.headers = headers
         self._key = api_key
@@ -460,7 +462,7 @@ class Link:
         self._client: VapiClient | None = None
         self.wired: WiredAssistant | None = None
 
-    def open(self, public_url: str | None, *, model: str, bridge_key: str | None) -> str | None:
+    def open(self, public_url: str | None, *, bridge_key: str | None) -> str | None:
         """Wire the assistant; ``None`` on success (see :attr:`wired`), else why not."""
         if public_url is None:
             return (
@@ -473,7 +475,7 @@ class Link:
                 self._client,
                 self.assistant_id,
                 url=public_url,
-                model=model,
+                model=self.model,
                 bridge_key=bridge_key,
                 headers=self.headers,
                 home=self.home,

@@ -209,25 +209,37 @@ app.command(
 )(serve)
 
 
-@app.command()
+@app.command(short_help="Play Vapi against a server and say what a call would hear.")
 @_reports_errors
 def test(
     url: Annotated[
-        str | None, typer.Option(help="Server to test (base URL or full /chat/completions URL).")
+        str | None,
+        typer.Option(
+            metavar="URL", help="Server to test (base URL or full /chat/completions URL)."
+        ),
     ] = None,
     public: Annotated[
         bool, typer.Option("--public", help="Test through the running bridge's tunnel URL.")
     ] = False,
-    message: Annotated[str | None, typer.Option(help="What the caller says.")] = None,
-    model: Annotated[str, typer.Option(help="Model name to send, as Vapi would.")] = DEFAULT_MODEL,
+    message: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="What the caller says.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(metavar="MODEL", help="Model name to send, as Vapi would.")
+    ] = DEFAULT_MODEL,
     no_stream: Annotated[
         bool, typer.Option("--no-stream", help="Ask for one JSON reply instead of a stream.")
     ] = False,
     secret: Annotated[
         str | None,
-        typer.Option(help="Bridge key to send. [env: VAPI_BRIDGE_SECRET; default: the bridge's]"),
+        typer.Option(
+            metavar="KEY",
+            help="Bridge key to send. [env: VAPI_BRIDGE_SECRET; default: the bridge's]",
+        ),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the reply.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds to wait for the reply.")
+    ] = 30.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one machine-readable result on stdout.")
     ] = False,
@@ -274,7 +286,7 @@ def _live_writer() -> Callable[[str], None]:
     return write
 
 
-@app.command("configure-key")
+@app.command("configure-key", short_help="Store the SambaNova, ngrok or Vapi key safely.")
 @_reports_errors
 def configure_key(
     ngrok: Annotated[
@@ -325,11 +337,14 @@ def configure_key(
         ),
     ] = False,
     base_url: Annotated[
-        str | None, typer.Option(help="SambaNova API base URL to verify against.")
+        str | None,
+        typer.Option(metavar="URL", help="SambaNova API base URL to verify against."),
     ] = None,
     vapi_base_url: Annotated[
         str | None,
-        typer.Option(help="Vapi API URL to verify --vapi against. [env: VAPI_BASE_URL]"),
+        typer.Option(
+            metavar="URL", help="Vapi API URL to verify --vapi against. [env: VAPI_BASE_URL]"
+        ),
     ] = None,
 ) -> None:
     """Store the SambaNova key (or the ngrok token, or the Vapi key) safely, verified first."""
@@ -438,13 +453,15 @@ def _confirm(doing: str, question: str, kept: str) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="List your Vapi assistants, to pick one for serve --assistant.")
 @_reports_errors
 def assistants(
     vapi_base_url: Annotated[
-        str | None, typer.Option(help="Vapi API URL. [env: VAPI_BASE_URL]")
+        str | None, typer.Option(metavar="URL", help="Vapi API URL. [env: VAPI_BASE_URL]")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="List at most this many.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="List at most this many.")
+    ] = 100,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the list as JSON on stdout.")
     ] = False,
@@ -477,7 +494,8 @@ def assistants(
 @_reports_errors
 def models(
     base_url: Annotated[
-        str | None, typer.Option(help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL]")
+        str | None,
+        typer.Option(metavar="URL", help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL]"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -205,11 +205,14 @@ def show(rows: list[Row], *, default: str, serving: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("model", "family", "reasoning", "tools", ""):
+    # Model ids are what users copy: never folded or cut, whatever the width.
+    longest = max((len(row.id) for row in rows), default=5)
+    table.add_column("model", no_wrap=True, min_width=longest)
+    for column in ("family", "reasoning", "tools", ""):
         table.add_column(column)
     for row in rows:
         marks = [
             m for m, on in (("default", row.id == default), ("serve", row.id == serving)) if on
         ]
         table.add_row(row.id, row.family, row.reasoning, row.tools, ", ".join(marks))
-    Console(highlight=False).print(table)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)

@@ -229,7 +229,7 @@ def _exchange(
             ) as response,
         ):
             result.status = response.status_code
-            _note_answering_model(result, response.headers.get(sse.MODEL_HEADER), body)
+            _note_fallback(result, response.headers)
             if response.status_code >= 300:
                 response.read()
                 raise _status_error(response)
@@ -242,12 +242,14 @@ def _exchange(
         raise _transport_error(exc, target, timeout, local) from None
 
 
-def _note_answering_model(result: ProbeResult, answered: str | None, body: dict[str, Any]) -> None:
-    """A bridge names the model that answered; another than the one asked is a fallback."""
-    if answered and answered != body.get("model"):
+def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
+    """A bridge names the model that answered, and the one asked when that was a fallback."""
+    asked = headers.get(sse.FALLBACK_HEADER)
+    answered = headers.get(sse.MODEL_HEADER)
+    if asked and answered:
         result.answered_by = _clean_line(answered)
         result.warnings.append(
-            f"{body.get('model')} did not answer; the bridge's fallback "
+            f"{_clean_line(asked)} did not answer; the bridge's fallback "
             f"{result.answered_by} did (its log says why)."
         )
 

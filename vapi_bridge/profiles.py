@@ -154,7 +154,8 @@ def parse(data: dict[str, Any], base: Settings, path: Path) -> list[tuple[str, S
             changes = {**changes, "system_prompt": None}
         if "system_prompt" in changes and "system_prompt_file" not in changes:
             changes = {**changes, "system_prompt_file": None}
-        out.append((name, overlay(base, changes, where)))
+        hint = f"Fix it in {path.name}; `vapi-bridge serve --help` lists each setting's values."
+        out.append((name, overlay(base, changes, where, hint)))
     return out
 
 
@@ -166,3 +167,12 @@ def names_in(path: Path) -> list[str]:
         return []
     profiles = data.get("profiles")
     return sorted(profiles) if isinstance(profiles, dict) else []
+
+
+def settings_for(path: Path, base: Settings, name: str) -> Settings | None:
+    """One profile's settings (for what ``serve --assistant --profile`` wires), or ``None``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return dict(parse(data, base, path)).get(name)

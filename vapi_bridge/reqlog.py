@@ -141,7 +141,7 @@ class RequestRecord:
         parts.append(f"total={self.total_ms:.0f}ms")
         if self.stream:
             parts.append(f"chunks={self.chunks}")
-        if len(self.tried) > 1:
+        if self.tried and self.tried != [self.requested_model]:
             parts.append("attempts=" + ">".join(self.tried) + (" hedged" if self.hedged else ""))
         if self.rate_remaining is not None:
             parts.append(f"remaining={self.rate_remaining}")

@@ -87,8 +87,7 @@ def serve(settings: Settings, console: Console) -> None:
             )
             unwired = None
             if link is not None:
-                model = settings.model or settings.default_model
-                unwired = link.open(public, model=model, bridge_key=settings.bridge_key)
+                unwired = link.open(public, bridge_key=settings.bridge_key)
             _announce(settings, http.port, public, tunnel_error, console, link, unwired)
             check_model_later(settings)
             server.wait(stop)
@@ -123,21 +122,24 @@ def _assistant_link(settings: Settings) -> Link | None:
     from vapi_bridge.assistant import Link
 
     headers = None
+    wired = settings
     if settings.profile is not None and settings.profiles is not None:
         from vapi_bridge import profiles
 
-        if settings.profile not in profiles.names_in(settings.profiles):
+        known = profiles.names_in(settings.profiles)
+        if settings.profile not in known:
             raise ConfigError(
                 f"--profile '{settings.profile}' is not in {settings.profiles}.",
-                hint="Profiles there: "
-                + (", ".join(profiles.names_in(settings.profiles)) or "none"),
+                hint="Profiles there: " + (", ".join(known) or "none") + ".",
             )
         headers = {profiles.HEADER: settings.profile}
+        wired = profiles.settings_for(settings.profiles, settings, settings.profile) or settings
     return Link(
         assistant_id=settings.assistant,
         api_key=settings.vapi_api_key,
         base_url=settings.vapi_base_url,
         home=settings.home,
+        model=wired.model or wired.default_model,
         keep=settings.keep_assistant,
         headers=headers,
     )

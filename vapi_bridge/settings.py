@@ -684,27 +684,28 @@ def load(
         if source is None:
             continue
         values[f.name] = _parse(spec, raw, source)
-    for name, needed in NEEDS:
-        if values.get(name) and not values.get(needed):
-            raise ConfigError(
-                f"{_flag(name, True)} needs {_flag(needed, True)}.",
-                hint=f"Add {_flag(needed, True)}, or leave out {_flag(name, True)}.",
-            )
+    _check_needs(values, "")
     if values.get("public_url"):
         values["tunnel"] = False
     return Settings(**values)
 
 
-def overlay(base: Settings, changes: Mapping[str, Any], source: str) -> Settings:
-    """``base`` with some settings replaced (a profile), through the same validation."""
+def overlay(
+    base: Settings, changes: Mapping[str, Any], source: str, hint: str | None = None
+) -> Settings:
+    """``base`` with some settings replaced (a profile), through the same validation and the
+    same rules for settings that contradict or need each other."""
     specs = _specs()
     parsed: dict[str, Any] = {}
     for name, raw in changes.items():
         if name not in specs:
             known = ", ".join(sorted(specs))
             raise ConfigError(f"{source}: unknown setting '{name}'.", hint=f"Known: {known}.")
-        parsed[name] = _parse(specs[name], raw, f"{source}: {name}")
-    return dataclasses.replace(base, **parsed)
+        parsed[name] = _parse(specs[name], raw, f"{source}: {name}", hint)
+    _check_conflicts(changes, f"{source}: ")
+    result = dataclasses.replace(base, **parsed)
+    _check_needs({f.name: getattr(result, f.name) for f, _ in options()}, f"{source}: ")
+    return result
 
 
 def to_json(settings: Settings) -> str:
@@ -788,15 +789,21 @@ def _source(
     return None, None
 
 
-def _parse(spec: Option, raw: Any, source: str) -> Any:
+def _parse(spec: Option, raw: Any, source: str, hint: str | None = None) -> Any:
     try:
         return spec.parse(raw)
     except ValueError as exc:
         shown = "" if spec.secret else f" '{_short(raw)}'"
-        raise ConfigError(
-            f"{source}{shown} {exc}.",
-            hint=_hint(source),
-        ) from None
+        raise ConfigError(f"{source}{shown} {exc}.", hint=hint or _hint(source)) from None
+
+
+def _check_needs(values: Mapping[str, Any], where: str) -> None:
+    for name, needed in NEEDS:
+        if values.get(name) and not values.get(needed):
+            raise ConfigError(
+                f"{where}{_flag(name, True)} needs {_flag(needed, True)}.",
+                hint=f"Add {_flag(needed, True)}, or leave out {_flag(name, True)}.",
+            )
 
 
 def _short(raw: Any) -> str:
@@ -812,7 +819,7 @@ def _hint(source: str) -> str:
     return f"Fix or unset the environment variable {source.split(':')[0]}."
 
 
-def _check_conflicts(flags: Mapping[str, Any]) -> None:
+def _check_conflicts(flags: Mapping[str, Any], where: str = "") -> None:
     def given(name: str, value: Any) -> bool:
         if name not in flags or flags[name] is None:
             return False
@@ -821,7 +828,7 @@ def _check_conflicts(flags: Mapping[str, Any]) -> None:
     for (first, first_value), (second, second_value), why in CONFLICTS:
         if given(first, first_value) and given(second, second_value):
             raise ConfigError(
-                f"{_flag(first, first_value)} and {_flag(second, second_value)} "
+                f"{where}{_flag(first, first_value)} and {_flag(second, second_value)} "
                 f"contradict each other: {why}.",
                 hint="Drop one of them.",
             )

@@ -24,6 +24,8 @@ HEADERS = {
 CONTENT_TYPE = "text/event-stream"
 # The bridge names the model that answered (a fallback, maybe) in this response header.
 MODEL_HEADER = "X-Vapi-Bridge-Model"
+# ... and, when that was a fallback, the model the request asked for in this one.
+FALLBACK_HEADER = "X-Vapi-Bridge-Fallback-From"
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 

@@ -77,6 +77,7 @@ class Turn:
         extra = [factory(self.trace) for factory in ctx.stages]
         self.pipeline = Pipeline([self.normalise, *extra, self.collect])
         self.model = request.model
+        self.answered: str | None = None  # the model that answered, once one has
         self.last_data: float | None = None
         self.abort_reason: str | None = None
         self._attempts: Attempts | None = None
@@ -94,7 +95,7 @@ class Turn:
             body = normalise_completion(winner.first, self.model)
             for whole in self.ctx.body_filters:
                 body = whole(body, self.trace)
-        self.record.first_token()
+            self.record.first_token()
         self.record.first_speech()
         self.record.usage(body.get("usage"))
         if self.ctx.on_reply is not None:
@@ -110,12 +111,11 @@ class Turn:
         try:
             winner = self._attempt(whole=False)
             if winner is None:
-                chunks: Iterator[Any] = iter([self._apology_chunk()])
-            else:
-                self._stream = winner.stream
-                self._saw_data()
-                rest = winner.chunks if winner.chunks is not None else iter(())
-                chunks = itertools.chain([winner.first], rest) if winner.first else rest
+                return self._relay(self._apology_frame(), iter(()))
+            self._stream = winner.stream
+            self._saw_data()
+            rest = winner.chunks if winner.chunks is not None else iter(())
+            chunks = itertools.chain([winner.first], rest) if winner.first else rest
             first = self._first_frame(chunks)
         except BaseException as exc:
             self.ctx.live.discard(self)
@@ -145,6 +145,7 @@ class Turn:
         self.record.upstream_failures = [error.code for error in outcome.errors]
         if outcome.winner is not None:
             self.model = self.record.model = self.normalise.model = outcome.winner.model
+            self.answered = outcome.winner.model
             stream = outcome.winner.stream
             self.record.rate_remaining = stream.rate.remaining if stream and stream.rate else None
             return outcome.winner
@@ -169,15 +170,19 @@ class Turn:
             params = {**params, "model": model}
         return self.ctx.params_for(params) if self.ctx.params_for is not None else params
 
-    def _apology_chunk(self) -> dict[str, Any]:
+    def _apology_frame(self) -> bytes | None:
+        """The apology as the first frame: spoken, but no token came from any model."""
         delta = {"role": "assistant", "content": self.ctx.apology}
-        return {
+        chunk = {
             "id": self.normalise.id,
             "object": "chat.completion.chunk",
             "created": self.normalise.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         }
+        out = self.pipeline.feed(chunk)
+        self.record.first_speech_at(self.collect.first_speech)
+        return sse.frame(out) if out is not None else None
 
     def _apology_completion(self) -> dict[str, Any]:
         message = {"role": "assistant", "content": self.ctx.apology}
@@ -352,6 +357,7 @@ class Turn:
             ttfs_ms=self.record.ttfs_ms,
             total_ms=round((time.perf_counter() - self.record.started) * 1000, 1),
             usage=body.get("usage"),
+            outcome=self.record.outcome,
             reasoning="".join(self.trace.reasoning),
             call_id=self.request.call_id,
             model=self.model,

@@ -275,7 +275,7 @@ def check_model_later(settings: Settings) -> None:
     ``serve`` forces or defaults to (or rejects the key)."""
     import threading
 
-    model = settings.model or settings.default_model
+    models = [settings.model or settings.default_model, *settings.fallback_models]
 
     def check() -> None:
         try:
@@ -283,12 +283,13 @@ def check_model_later(settings: Settings) -> None:
         except UpstreamError as exc:
             log.warning("Could not check the model list: %s", exc.message)
             return
-        if model not in available:
-            log.warning(
-                "SambaNova does not list model '%s' for this key; requests for it will fail. "
-                "`vapi-bridge models` lists the ones it serves.",
-                model,
-            )
+        for model in dict.fromkeys(models):
+            if model not in available:
+                log.warning(
+                    "SambaNova does not list model '%s' for this key; requests for it will "
+                    "fail. `vapi-bridge models` lists the ones it serves.",
+                    model,
+                )
 
     if not settings.demo:
         threading.Thread(target=check, name="vapi-bridge-model-check", daemon=True).start()
