@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from vapi_bridge import __version__, sse
@@ -187,45 +187,55 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
     app = Flask("vapi_bridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.extensions[EXTENSION] = bridge
-    model_map = dict(settings.model_map)
-
-    def chat() -> Response:
-        bridge.guard.chat(request.headers.get("Authorization", ""))
-        record: RequestRecord = g.record
-        profile = request.headers.get(PROFILE_HEADER)
-        record.profile = safe_id(profile)
-        route = bridge.route_for(profile)
-        chat_request = translate(
-            read_json(),
-            default_model=route.settings.default_model,
-            forced_model=route.settings.model,
-            model_map=route.model_map,
-        )
-        record.call_id = safe_id(chat_request.call_id)
-        if route.prepare is not None:
-            chat_request = route.prepare(chat_request)
-        record.model, record.stream = chat_request.model, chat_request.stream
-        record.requested_model = chat_request.model
-        turn = Turn(chat_request, record, route.turns)
-        if not chat_request.stream:
-            response = json_response(turn.complete())
-        else:
-            g.deferred_log = True
-            frames = turn.start()
-            response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
-            response.call_on_close(turn.close)
-            bridge.metrics.stream_started()
-            response.call_on_close(bridge.metrics.stream_ended)
-        # Which model answered, and when it was a fallback, which one was asked: for
-        # `vapi-bridge test --model` and curl. No model answered an apology.
-        if turn.answered is not None:
-            response.headers[sse.MODEL_HEADER] = turn.answered
-            if turn.answered != chat_request.model:
-                response.headers[sse.FALLBACK_HEADER] = chat_request.model
-        return response
-
     for path in CHAT_PATHS:
         app.add_url_rule(path, f"chat:{path}", chat, methods=["POST"])
+    register_service_routes(app, bridge)
+    register_request_log(app, settings, bridge.metrics)
+    register_error_handlers(app)
+    return app
+
+
+def chat() -> Response:
+    """One turn: auth, profile, translate, middleware, then the turn answers."""
+    bridge = bridge_of(current_app)
+    bridge.guard.chat(request.headers.get("Authorization", ""))
+    record: RequestRecord = g.record
+    profile = request.headers.get(PROFILE_HEADER)
+    record.profile = safe_id(profile)
+    route = bridge.route_for(profile)
+    chat_request = translate(
+        read_json(),
+        default_model=route.settings.default_model,
+        forced_model=route.settings.model,
+        model_map=route.model_map,
+    )
+    record.call_id = safe_id(chat_request.call_id)
+    if route.prepare is not None:
+        chat_request = route.prepare(chat_request)
+    record.model, record.stream = chat_request.model, chat_request.stream
+    record.requested_model = chat_request.model
+    turn = Turn(chat_request, record, route.turns)
+    if not chat_request.stream:
+        response = json_response(turn.complete())
+    else:
+        g.deferred_log = True
+        frames = turn.start()
+        response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
+        response.call_on_close(turn.close)
+        bridge.metrics.stream_started()
+        response.call_on_close(bridge.metrics.stream_ended)
+    # Which model answered, and when it was a fallback, which one was asked: for
+    # `vapi-bridge test --model` and curl. No model answered an apology.
+    if turn.answered is not None:
+        response.headers[sse.MODEL_HEADER] = turn.answered
+        if turn.answered != chat_request.model:
+            response.headers[sse.FALLBACK_HEADER] = chat_request.model
+    return response
+
+
+def register_service_routes(app: Flask, bridge: Bridge) -> None:
+    """Health and readiness (no key), metrics, the OAuth2 token endpoint, the model list."""
+    settings = bridge.settings
 
     @app.get("/health")
     def health() -> Response:
@@ -265,17 +275,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Flask
     def models() -> Response:
         bridge.guard.chat(request.headers.get("Authorization", ""))
         names = [settings.model or settings.default_model]
-        names += [name for name in model_map if name not in names]
+        names += [name for name in dict(settings.model_map) if name not in names]
         created = int(time.time())
         data = [
             {"id": n, "object": "model", "created": created, "owned_by": "vapi-bridge"}
             for n in names
         ]
         return json_response({"object": "list", "data": data})
-
-    register_request_log(app, settings, bridge.metrics)
-    register_error_handlers(app)
-    return app
 
 
 def read_json() -> Any:

@@ -286,6 +286,7 @@ def _live_writer() -> Callable[[str], None]:
     return write
 
 
+# configure-key is long only by its option declarations; its body is short dispatch.
 @app.command("configure-key", short_help="Store the SambaNova, ngrok or Vapi key safely.")
 @_reports_errors
 def configure_key(
@@ -389,44 +390,13 @@ def configure_key(
         console.print(remove_line)
         return
     if new_bridge_key:
-        if not yes:
-            _confirm(
-                "--new-bridge-key makes the key Vapi should send",
-                "Replace the bridge key? The current one stays valid until `vapi-bridge "
-                "configure-key --retire-old-keys`. [y/N]: ",
-                "Kept the current bridge key.",
-            )
-        secret = configure.new_bridge_key(home)
-        console.print(
-            "New bridge key stored; the previous one stays valid until `vapi-bridge "
-            "configure-key --retire-old-keys`. Update the Custom LLM credential in Vapi:"
-        )
-        typer.echo(secret)
+        _new_bridge_key(home, yes, console)
         return
     if retire_old_keys:
-        if not yes:
-            _confirm(
-                "--retire-old-keys refuses every bridge key but the newest",
-                "Retire the older bridge keys? Callers still sending one get 401. [y/N]: ",
-                "Kept every bridge key.",
-            )
-        console.print(configure.retire_old_keys(home))
+        _retire_old_keys(home, yes, console)
         return
     if oauth:
-        if configure.has_oauth_client(home) and not yes:
-            _confirm(
-                "An OAuth2 client is stored already and --oauth would replace it",
-                "Replace the OAuth2 client? Tokens issued for the current one stop working "
-                "until Vapi has the new secret. [y/N]: ",
-                "Kept the current OAuth2 client.",
-            )
-        client_id, client_secret = configure.new_oauth_client(home)
-        console.print(
-            "OAuth2 client stored. In Vapi's credential (OAuth2), use the token URL that "
-            "`vapi-bridge serve --oauth` prints, and this client id and secret:"
-        )
-        typer.echo(client_id)
-        typer.echo(client_secret)
+        _new_oauth_client(home, yes, console)
         return
     vapi_url = configure.vapi_base_url(vapi_base_url, env) if vapi else ""
     label = configure.label(field)
@@ -437,6 +407,55 @@ def configure_key(
             home, field, raw, verify=not no_verify, base_url=url, vapi_base_url=vapi_url
         )
     )
+
+
+def _new_bridge_key(home: Path, yes: bool, console: Console) -> None:
+    from vapi_bridge import configure
+
+    if not yes:
+        _confirm(
+            "--new-bridge-key makes the key Vapi should send",
+            "Replace the bridge key? The current one stays valid until `vapi-bridge "
+            "configure-key --retire-old-keys`. [y/N]: ",
+            "Kept the current bridge key.",
+        )
+    secret = configure.new_bridge_key(home)
+    console.print(
+        "New bridge key stored; the previous one stays valid until `vapi-bridge "
+        "configure-key --retire-old-keys`. Update the Custom LLM credential in Vapi:"
+    )
+    typer.echo(secret)
+
+
+def _retire_old_keys(home: Path, yes: bool, console: Console) -> None:
+    from vapi_bridge import configure
+
+    if not yes:
+        _confirm(
+            "--retire-old-keys refuses every bridge key but the newest",
+            "Retire the older bridge keys? Callers still sending one get 401. [y/N]: ",
+            "Kept every bridge key.",
+        )
+    console.print(configure.retire_old_keys(home))
+
+
+def _new_oauth_client(home: Path, yes: bool, console: Console) -> None:
+    from vapi_bridge import configure
+
+    if configure.has_oauth_client(home) and not yes:
+        _confirm(
+            "An OAuth2 client is stored already and --oauth would replace it",
+            "Replace the OAuth2 client? Tokens issued for the current one stop working "
+            "until Vapi has the new secret. [y/N]: ",
+            "Kept the current OAuth2 client.",
+        )
+    client_id, client_secret = configure.new_oauth_client(home)
+    console.print(
+        "OAuth2 client stored. In Vapi's credential (OAuth2), use the token URL that "
+        "`vapi-bridge serve --oauth` prints, and this client id and secret:"
+    )
+    typer.echo(client_id)
+    typer.echo(client_secret)
 
 
 def _confirm(doing: str, question: str, kept: str) -> None:

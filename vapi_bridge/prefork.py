@@ -145,6 +145,8 @@ class PreforkServer:
         return out
 
 
+# main() is long by gunicorn's hooks: small closures over the settings and the report pipe,
+# kept beside the one place that registers them.
 def main(argv: list[str]) -> None:
     """The child's side: ``python -m vapi_bridge.prefork LISTEN_FD REPORT_FD SETTINGS_FILE``."""
     from gunicorn.app.base import BaseApplication

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -28,6 +29,7 @@ from vapi_bridge.upstream import check_model_later
 if TYPE_CHECKING:
     from vapi_bridge.app import Bridge
     from vapi_bridge.assistant import Link
+    from vapi_bridge.server import Server
     from vapi_bridge.settings import Settings
     from vapi_bridge.tunnel import Tunnel
 
@@ -39,27 +41,7 @@ def serve(settings: Settings, console: Console) -> None:
     from vapi_bridge import server
 
     link = _assistant_link(settings)
-    # One process builds its app here; --workers builds it once in its own child, which
-    # reports a bad key, hook or prompt file back as the same error.
-    bridge: Bridge | None = None
-    try:
-        if settings.workers > 1:
-            from vapi_bridge.prefork import PreforkServer
-
-            http: server.Server = PreforkServer(settings)
-        else:
-            from vapi_bridge.app import bridge_of, create_app
-
-            app = create_app(settings)
-            bridge = bridge_of(app)
-            http = server.BridgeServer(app, settings.host, settings.port, bridge.end_live_turns)
-    except OSError as exc:
-        if bridge is not None:
-            bridge.close(0)
-        raise ConfigError(
-            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
-            hint=listen_hint(settings.port),
-        ) from None
+    http, bridge = _bind(settings)
     with server.stop_signals() as stop:
         try:
             http.start()
@@ -85,34 +67,76 @@ def serve(settings: Settings, console: Console) -> None:
                     agent_pid=tunnel.agent_pid if tunnel is not None else None,
                 ),
             )
-            unwired = None
-            if link is not None:
-                unwired = link.open(public, bridge_key=settings.bridge_key)
+            unwired = link.open(public, bridge_key=settings.bridge_key) if link else None
             _announce(settings, http.port, public, tunnel_error, console, link, unwired)
             check_model_later(settings)
             server.wait(stop)
-            # /ready answers 503 from now on, so a load balancer sends no new calls here.
-            if bridge is not None:
-                bridge.draining = True
-            # First, so Vapi sends no new calls here while live ones finish.
-            _unwire(link, console)
-            console.print("[dim]Stopping: finishing live replies...[/]")
-            cut = http.stop(settings.shutdown_grace)
-            if cut:
-                console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
+            _drain(settings, http, bridge, link, console)
         finally:
-            _unwire(link, console)
-            lost = bridge.close(settings.shutdown_grace) if bridge is not None else 0
-            lost += getattr(http, "lost", 0)
-            if lost:
-                console.print(
-                    f"[yellow]{lost} transcript line(s) or reply hook call(s) did not run "
-                    "before shutdown.[/]"
-                )
-            if tunnel is not None:
-                tunnel.close()
-            state.remove(settings.home, os.getpid())
+            _release(settings, http, bridge, link, tunnel, console)
     console.print("[dim]vapi-bridge stopped.[/]")
+
+
+def _bind(settings: Settings) -> tuple[Server, Bridge | None]:
+    """The server on its port. One process builds its app here; --workers builds it once in
+    its own child, which reports a bad key, hook or prompt file back as the same error."""
+    from vapi_bridge import server
+
+    bridge: Bridge | None = None
+    try:
+        if settings.workers > 1:
+            from vapi_bridge.prefork import PreforkServer
+
+            return PreforkServer(settings), None
+        from vapi_bridge.app import bridge_of, create_app
+
+        app = create_app(settings)
+        bridge = bridge_of(app)
+        return server.BridgeServer(app, settings.host, settings.port, bridge.end_live_turns), bridge
+    except OSError as exc:
+        if bridge is not None:
+            bridge.close(0)
+        raise ConfigError(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
+            hint=listen_hint(settings.port),
+        ) from None
+
+
+def _drain(
+    settings: Settings, http: Server, bridge: Bridge | None, link: Link | None, console: Console
+) -> None:
+    """The stop: unready, unwired, then live replies get the grace period."""
+    # /ready answers 503 from now on, so a load balancer sends no new calls here.
+    if bridge is not None:
+        bridge.draining = True
+    # First, so Vapi sends no new calls here while live ones finish.
+    _unwire(link, console)
+    console.print("[dim]Stopping: finishing live replies...[/]")
+    cut = http.stop(settings.shutdown_grace)
+    if cut:
+        console.print(f"[yellow]Ended {cut} live stream(s) early to shut down.[/]")
+
+
+def _release(
+    settings: Settings,
+    http: Server,
+    bridge: Bridge | None,
+    link: Link | None,
+    tunnel: Tunnel | None,
+    console: Console,
+) -> None:
+    """What a stop (or a failed start) leaves in order: the tunnel goes last but for state."""
+    _unwire(link, console)
+    lost = bridge.close(settings.shutdown_grace) if bridge is not None else 0
+    lost += getattr(http, "lost", 0)
+    if lost:
+        console.print(
+            f"[yellow]{lost} transcript line(s) or reply hook call(s) did not run "
+            "before shutdown.[/]"
+        )
+    if tunnel is not None:
+        tunnel.close()
+    state.remove(settings.home, os.getpid())
 
 
 def _assistant_link(settings: Settings) -> Link | None:
@@ -212,11 +236,33 @@ def _announce(
     """The panel, then what to paste into Vapi, each value alone on its own line.
 
     A value inside the panel's border would be folded at a narrow width and copy broken; on
-    a line of its own it copies whole at any width. The key is shown whole only on a
-    terminal: when stderr goes to a file or a log collector it is masked, and the line names
-    the ``0600`` state file that holds it.
+    a line of its own it copies whole at any width.
     """
     local = local_url(settings.host, port)
+    console.print(_panel(settings, local, link))
+    if link is not None and link.wired is not None:
+        console.print(link.wired.describe(), markup=False, highlight=False)
+    if unwired is not None:
+        console.print("[bold yellow]Assistant not wired:[/] ", end="")
+        console.print(unwired, markup=False, highlight=False)
+    if public is not None:
+        console.print(
+            "[bold]Custom LLM URL[/] [dim](paste the base URL: Vapi appends /chat/completions)[/]"
+        )
+        _print_value(console, public)
+    if settings.bridge_key:
+        _announce_key(settings, console)
+    if settings.oauth:
+        _announce_oauth(settings, public or local, console)
+    _warn(settings, public, local, tunnel_error, console)
+    try_it = "vapi-bridge test --public" if public is not None else "vapi-bridge test"
+    console.print(f"[dim]Try it: {try_it}   Stop: Ctrl-C[/]")
+    # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
+    sys.stdout.write((public or local) + "\n")
+    sys.stdout.flush()
+
+
+def _panel(settings: Settings, local: str, link: Link | None) -> Panel:
     model = settings.model or settings.default_model
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
@@ -244,37 +290,39 @@ def _announce(
     if link is not None and link.wired is not None:
         table.add_row("Assistant", f"{link.wired.name} ({link.wired.id}): wired to this bridge")
     title = "vapi-bridge is ready" + (" (demo)" if settings.demo else "")
-    console.print(Panel(table, title=title, border_style="green", expand=False))
-    if link is not None and link.wired is not None:
-        console.print(link.wired.describe(), markup=False, highlight=False)
-    if unwired is not None:
-        console.print("[bold yellow]Assistant not wired:[/] ", end="")
-        console.print(unwired, markup=False, highlight=False)
-    if public is not None:
-        console.print(
-            "[bold]Custom LLM URL[/] [dim](paste the base URL: Vapi appends /chat/completions)[/]"
+    return Panel(table, title=title, border_style="green", expand=False)
+
+
+def _announce_key(settings: Settings, console: Console) -> None:
+    """The bridge key, whole only on a terminal: when stderr goes to a file or a log
+    collector it is masked, and the line names the ``0600`` state file that holds it."""
+    console.print("[bold]API key[/] [dim](store it as the Custom LLM credential in Vapi)[/]")
+    key = settings.bridge_key or ""
+    if console.is_terminal:
+        _print_value(console, key)
+    else:
+        held_in = state.path(settings.home, os.getpid())
+        _print_value(
+            console,
+            f"{keystore.mask(key)}  (masked: stderr is not a terminal; "
+            f'the whole key is "secret" in {held_in})',
         )
-        _print_value(console, public)
-    if settings.bridge_key:
-        console.print("[bold]API key[/] [dim](store it as the Custom LLM credential in Vapi)[/]")
-        if console.is_terminal:
-            _print_value(console, settings.bridge_key)
-        else:
-            held_in = state.path(settings.home, os.getpid())
-            _print_value(
-                console,
-                f"{keystore.mask(settings.bridge_key)}  (masked: stderr is not a terminal; "
-                f'the whole key is "secret" in {held_in})',
-            )
-        if len(settings.secret) > 1:
-            console.print(
-                f"[dim]Also accepted: {len(settings.secret) - 1} older key(s) (stored ones "
-                "until `vapi-bridge configure-key --retire-old-keys`).[/]"
-            )
-    if settings.oauth:
-        _announce_oauth(settings, public or local, console)
+    if len(settings.secret) > 1:
+        console.print(
+            f"[dim]Also accepted: {len(settings.secret) - 1} older key(s) (stored ones "
+            "until `vapi-bridge configure-key --retire-old-keys`).[/]"
+        )
+
+
+def _warn(
+    settings: Settings,
+    public: str | None,
+    local: str,
+    tunnel_error: TunnelError | None,
+    console: Console,
+) -> None:
     if tunnel_error is not None:
-        console.print(f"[bold yellow]Tunnel not opened:[/] {tunnel_error.cli_message()}")
+        console.print(f"[bold yellow]Tunnel not opened:[/] {escape(tunnel_error.cli_message())}")
         console.print(f"[yellow]Still serving locally at {local}.[/]")
     if not settings.secret and not settings.oauth:
         where = "on the public internet" if public else "without a key"
@@ -284,11 +332,6 @@ def _announce(
             f"[bold red]WARNING: listening on {settings.host}, beyond this machine; "
             "other hosts on the network can reach the bridge.[/]"
         )
-    try_it = "vapi-bridge test --public" if public is not None else "vapi-bridge test"
-    console.print(f"[dim]Try it: {try_it}   Stop: Ctrl-C[/]")
-    # Always exactly one URL, the one that works now, so `serve > url.txt` never waits forever.
-    sys.stdout.write((public or local) + "\n")
-    sys.stdout.flush()
 
 
 def _announce_oauth(settings: Settings, base: str, console: Console) -> None:
