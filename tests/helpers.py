@@ -198,10 +198,12 @@ def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
     """Each stream ended with a finish chunk and [DONE], marked as cut by the shutdown."""
     for listener in listeners:
         assert listener.error is None, listener.error
-        assert listener.lines[-1] == "data: [DONE]", "stream did not end cleanly"
-        comments = [line for line in listener.lines if line.startswith(":")]
-        assert comments == [f": {sse.CUT_PREFIX}shutdown"], comments
-        chunks = [json.loads(line[6:]) for line in listener.lines[:-1] if line.startswith("data:")]
+        # The listener kept the non-blank lines; each event was one line and a blank.
+        events = list(sse.events([p for line in listener.lines for p in (line, "")], comments=True))
+        assert events[-1].done, "stream did not end cleanly"
+        comments = [event.comment for event in events if event.comment is not None]
+        assert comments == [f"{sse.CUT_PREFIX}shutdown"], comments
+        chunks = [json.loads(e.data) for e in events if e.comment is None and not e.done]
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
         assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
 
