@@ -353,3 +353,12 @@ def test_log_injection_through_call_id_is_neutralised(
     bridge.post(body)
     line = logs.wait_for(lambda line: "call=" in line)
     assert "\n" not in line and "call=abc12:00:00POSTfake200forged" in line
+
+
+def test_a_model_name_cannot_forge_a_log_line(bridge: RunningBridge, logs: LogCapture) -> None:
+    forged = "m\n12:00:00 POST /admin 200 call=forged"
+    response = bridge.post({**vapi_request(), "model": forged})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_parameter"
+    logs.wait_for(lambda line: " 400 " in line)
+    assert not any(line.startswith("12:00:00 POST /admin") for line in logs.text.splitlines())
+    assert bridge.post(vapi_request()).status_code == 200

@@ -422,3 +422,17 @@ def test_oauth_and_no_auth_contradict_each_other() -> None:
     result = run_cli("serve", "--demo", "--no-tunnel", "--oauth", "--no-auth")
     assert result.returncode == 2 and "contradict" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_non_ascii_digit_in_a_token_is_a_401_not_a_crash(
+    oauth_bridge: RunningBridge, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    """'²' passes str.isdigit() but not int(): a client must not be able to cause a 500."""
+    token = TOKEN_PREFIX.encode() + b"\xb2.x"
+    refused = httpx.post(
+        oauth_bridge.url + "/chat/completions",
+        json=vapi_request(),
+        headers={b"Authorization": b"Bearer " + token},
+    )
+    assert refused.status_code == 401
+    assert "Traceback" not in logs.text and not fake.requests

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.sambanova import FakeSambaNova
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk
 from tests.helpers import (
     SECRET,
     BridgeFactory,
@@ -210,3 +210,38 @@ def test_a_forced_model_is_not_mistaken_for_a_fallback(start_bridge: BridgeFacto
     result = probe.run(bridge.url, secret=SECRET, model=GOOD)
     assert result.ok and result.answered_by is None
     assert not any("did not answer" in w for w in result.warnings)
+
+
+THINKING = chunk({"role": "assistant", "content": "", "reasoning": "Let me think."})
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script(chunks=[THINKING, 'data: {"error": {"message": "queue is full"}}']),
+        Script(chunks=[THINKING], end="drop"),
+        Script(chunks=[THINKING], end="stall"),
+    ],
+    ids=["error frame", "connection lost", "stall"],
+)
+def test_a_model_that_fails_while_thinking_is_still_before_the_first_byte(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture, script: Script
+) -> None:
+    """Reasoning chunks are not spoken: a failure after them is one more failed attempt."""
+    bridge = start_bridge(fallback_models=(GOOD,), stall_timeout=0.5)
+    fake.push(script)
+    response = bridge.post({**vapi_request(), "model": "gpt-oss-120b"})
+    assert response.status_code == 200 and heard(response) == FULL
+    assert response.headers["X-Vapi-Bridge-Fallback-From"] == "gpt-oss-120b"
+    assert sse_cut(response) is None
+    logs.wait_for(lambda line: "attempts=gpt-oss-120b(" in line and f">{GOOD}" in line)
+
+
+def test_without_a_fallback_a_model_that_fails_while_thinking_gets_the_apology(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    bridge = start_bridge(stall_timeout=0.5, upstream_timeout=2)
+    fake.push(*[Script(chunks=[THINKING], end="drop")] * 3)
+    response = bridge.post({**vapi_request(), "model": "gpt-oss-120b"})
+    assert response.status_code == 200
+    assert heard(response) == bridge.bridge.settings.apology and sse_cut(response) == "apology"

@@ -140,3 +140,14 @@ def test_serve_assistant_profile_writes_the_header_and_the_panel_lists_profiles(
         env={"VAPI_API_KEY": GOOD_KEY},
     )
     assert wrong.returncode == 2 and "--profile 'billing' is not in" in wrong.stderr
+
+
+def test_a_broken_profiles_file_is_said_once_not_per_request(
+    start_bridge: BridgeFactory, profiles_file: Path, logs: LogCapture
+) -> None:
+    bridge = start_bridge(profiles=profiles_file)
+    profiles_file.write_text("[profiles.sales\nbroken")
+    for _ in range(3):
+        assert post_as(bridge, "sales") == 200
+    warnings = [line for line in logs.lines if "keeping the last good version" in line]
+    assert len(warnings) == 1, warnings

@@ -137,8 +137,9 @@ class Bridge:
 
     def close(self, grace: float = 5.0) -> int:
         """Release everything; returns how many after-reply jobs could not run in ``grace``."""
+        lost = self.middleware.close(grace)
         self.upstream.close()
-        return self.middleware.close(grace)
+        return lost
 
 
 def stage_factories(settings: Settings) -> list[StageFactory]:
@@ -217,20 +218,29 @@ def chat() -> Response:
     turn = Turn(chat_request, record, route.turns)
     if not chat_request.stream:
         response = json_response(turn.complete())
-    else:
-        g.deferred_log = True
-        frames = turn.start()
+        _name_models(response, turn, chat_request.model)
+        return response
+    g.deferred_log = True
+    frames = turn.start()
+    try:
         response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
-        response.call_on_close(turn.close)
-        bridge.metrics.stream_started()
-        response.call_on_close(bridge.metrics.stream_ended)
-    # Which model answered, and when it was a fallback, which one was asked: for
-    # `vapi-bridge test --model` and curl. No model answered an apology.
+        _name_models(response, turn, chat_request.model)
+    except BaseException:
+        turn.close()
+        raise
+    response.call_on_close(turn.close)
+    bridge.metrics.stream_started()
+    response.call_on_close(bridge.metrics.stream_ended)
+    return response
+
+
+def _name_models(response: Response, turn: Turn, asked: str) -> None:
+    """Which model answered, and when it was a fallback, which one was asked: for
+    `vapi-bridge test --model` and curl. No model answered an apology."""
     if turn.answered is not None:
         response.headers[sse.MODEL_HEADER] = turn.answered
-        if turn.answered != chat_request.model:
-            response.headers[sse.FALLBACK_HEADER] = chat_request.model
-    return response
+        if turn.answered != asked:
+            response.headers[sse.FALLBACK_HEADER] = asked
 
 
 def register_service_routes(app: Flask, bridge: Bridge) -> None:

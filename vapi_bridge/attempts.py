@@ -102,6 +102,7 @@ class Attempt:
         self.first: Any = None
         self.error: UpstreamError | None = None
         self.abandoned = False
+        self._claimed = False
         self._finished = False
         self._lock = threading.Lock()
 
@@ -112,9 +113,20 @@ class Attempt:
         thread.daemon = True
         thread.start()
 
-    def abandon(self) -> None:
-        """Stop this attempt from any thread; its connection is closed at once."""
+    def claim(self) -> bool:
+        """Make this attempt the winner, unless it was abandoned first (one or the other)."""
         with self._lock:
+            if self.abandoned:
+                return False
+            self._claimed = True
+            return True
+
+    def abandon(self) -> None:
+        """Stop this attempt from any thread; its connection is closed at once. A claimed
+        winner is no longer an attempt: the turn owns its stream."""
+        with self._lock:
+            if self._claimed:
+                return
             self.abandoned = True
             stream, finished = self.stream, self._finished
         if stream is not None:
@@ -259,8 +271,10 @@ class Attempts:
             if attempt.abandoned or attempt not in self._running:
                 continue
             self._running.remove(attempt)
-            if attempt.error is None:
+            if attempt.error is None and attempt.claim():
                 return self._won(attempt)
+            if attempt.abandoned:
+                continue
             if self._failed(attempt):
                 return self._give_up()
 
@@ -281,16 +295,25 @@ class Attempts:
             attempt.run_here(self.upstream, max(limit, 0.01))
             self.current = None
             self._running = []
+            if attempt.error is None and attempt.claim():
+                return self._won(attempt)
             if attempt.abandoned:
                 if self._aborted or self.stopping.is_set():
                     break
                 self.outcome.errors.append(self._slow(attempt))
                 self.outcome.story.append(f"{attempt.model}(slow)")
-            elif attempt.error is None:
-                return self._won(attempt)
             elif self._failed(attempt):
                 break
         return self.outcome
+
+    def lost(self, attempt: Attempt, error: UpstreamError) -> None:
+        """The winner failed before its first frame: one more failed attempt after all."""
+        attempt.error = error
+        self.outcome.winner = None
+        if self.outcome.story and self.outcome.story[-1] == attempt.model:
+            self.outcome.story.pop()
+        if self._failed(attempt):
+            self._pending.clear()
 
     def _give_up(self) -> Outcome:
         for attempt in self._running:

@@ -154,7 +154,8 @@ class OAuthClient:
         """``None`` for a good token, else why not: ``expired`` or ``invalid``."""
         body = token[len(TOKEN_PREFIX) :] if token.startswith(TOKEN_PREFIX) else ""
         expiry_text, _, signature = body.partition(".")
-        if not expiry_text.isdigit() or len(expiry_text) > 12 or not signature:
+        digits = expiry_text.isascii() and expiry_text.isdigit()
+        if not digits or len(expiry_text) > 12 or not signature:
             return "invalid"
         try:
             given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))

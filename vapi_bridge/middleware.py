@@ -34,9 +34,14 @@ class Worker:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
+            if self._closed:
+                # A turn that ended after the drain: said, never run on a new thread.
+                log.warning("a transcript line / reply hook call came after shutdown; not run")
+                return
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="vapi-bridge-after", daemon=True
@@ -48,6 +53,7 @@ class Worker:
         """Run what is queued for up to ``timeout`` s; returns how many jobs did not run."""
         with self._lock:
             thread, self._thread = self._thread, None
+            self._closed = True
         if thread is None:
             return 0
         self._queue.put(None)

@@ -96,16 +96,23 @@ class Profiles(Generic[R]):
         """The profiles, re-read first when the file changed (one ``stat`` per request)."""
         try:
             info = self._stat()
-            if (info.st_mtime_ns, info.st_size) != self._stamp:
-                with self._lock:
-                    if (info.st_mtime_ns, info.st_size) != self._stamp:
-                        self._built = self._load(info)
-                        log.info("profiles re-read from %s: %s", self.path, ", ".join(self._built))
-        except (OSError, ConfigError) as exc:
-            reason = exc.message if isinstance(exc, ConfigError) else exc
-            log.warning("profiles file unusable, keeping the last good version: %s", reason)
-            if isinstance(exc, OSError):
-                self._stamp = None
+            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            stamp = None
+        if stamp == self._stamp:
+            return self._built
+        with self._lock:
+            if stamp != self._stamp:
+                # Tried once per change: a broken or missing file is said once, not per request.
+                self._stamp = stamp
+                try:
+                    if stamp is None:
+                        raise OSError(f"{self.path} is missing")
+                    self._built = self._load(info)
+                    log.info("profiles re-read from %s: %s", self.path, ", ".join(self._built))
+                except (OSError, ConfigError) as exc:
+                    reason = exc.message if isinstance(exc, ConfigError) else exc
+                    log.warning("profiles file unusable, keeping the last good version: %s", reason)
         return self._built
 
     def _stat(self) -> os.stat_result:

@@ -235,7 +235,8 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
 
 def _model(value: Any, default: str, forced: str | None, model_map: Mapping[str, str]) -> str:
     if value is not None:
-        _require(isinstance(value, str) and 0 < len(value) <= 256, "model", "must be a model name")
+        ok = isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
+        _require(ok, "model", "must be a model name (printable, at most 256 characters)")
     if forced:
         return forced
     if isinstance(value, str) and value in model_map:

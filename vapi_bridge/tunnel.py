@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,10 @@ _ERRORS: dict[str, tuple[str, str]] = {
 }
 
 
+# How long the agent gets to relay what the bridge wrote last, before it is stopped.
+RELAY_LINGER = 0.3
+
+
 @dataclass
 class Tunnel:
     """An open tunnel; :meth:`close` removes it and ends the agent process.
@@ -58,9 +63,13 @@ class Tunnel:
     agent_pid: int | None
     _config: Any
 
-    def close(self) -> None:
+    def close(self, linger: float = RELAY_LINGER) -> None:
+        """Stop the agent, after ``linger`` s: the last bytes of a reply the bridge has
+        already written may still be on their way through the agent, and stopping it cuts
+        them off (the caller would miss the end of the reply)."""
         from pyngrok import ngrok
 
+        time.sleep(linger)
         with contextlib.suppress(Exception):
             ngrok.disconnect(self.public_url, pyngrok_config=self._config)
         with contextlib.suppress(Exception):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vapi_bridge import sse
-from vapi_bridge.attempts import Attempt, Attempts, Policy
+from vapi_bridge.attempts import Attempt, Attempts, Outcome, Policy
 from vapi_bridge.errors import BridgeError, UpstreamError, UpstreamStreamBroken
 from vapi_bridge.normalise import normalise_completion
 from vapi_bridge.reply import Reply, ToolCall
@@ -69,13 +69,7 @@ class Turn:
         self.request = request
         self.record = record
         self.ctx = ctx
-        self.trace = Trace(started=record.started)
-        self.collect = Collect(self.trace)
-        self.normalise = Normalise(
-            self.trace, model=request.model, forward_usage=request.include_usage
-        )
-        extra = [factory(self.trace) for factory in ctx.stages]
-        self.pipeline = Pipeline([self.normalise, *extra, self.collect])
+        self._new_pipeline()
         self.model = request.model
         self.answered: str | None = None  # the model that answered, once one has
         self.last_data: float | None = None
@@ -84,6 +78,16 @@ class Turn:
         self._stream: ChunkStream | None = None
         self._finished = False
         self._lock = threading.Lock()
+
+    def _new_pipeline(self) -> None:
+        """Fresh stages (and trace) for an attempt: a failed one leaves nothing behind."""
+        self.trace = Trace(started=self.record.started)
+        self.collect = Collect(self.trace)
+        self.normalise = Normalise(
+            self.trace, model=self.request.model, forward_usage=self.request.include_usage
+        )
+        extra = [factory(self.trace) for factory in self.ctx.stages]
+        self.pipeline = Pipeline([self.normalise, *extra, self.collect])
 
     # A whole (non-streamed) reply.
 
@@ -106,17 +110,32 @@ class Turn:
 
     def start(self) -> Iterator[bytes]:
         """Find a model that answers and read to the first frame; raises :class:`BridgeError`
-        (an HTTP status for Vapi) when none does before the first byte."""
+        (an HTTP status for Vapi) when none does before the first byte.
+
+        A model counts as answering at its first chunk, but the first *frame* can come much
+        later (a reasoning model thinks first): a failure in between is still before the
+        first byte, so it is one more failed attempt and the next model (or the apology)
+        takes over.
+        """
         self.ctx.live.add(self)
         try:
-            winner = self._attempt(whole=False)
-            if winner is None:
-                return self._relay(self._apology_frame(), iter(()))
-            self._stream = winner.stream
-            self._saw_data()
-            rest = winner.chunks if winner.chunks is not None else iter(())
-            chunks = itertools.chain([winner.first], rest) if winner.first else rest
-            first = self._first_frame(chunks)
+            attempts = self._attempts_for(whole=False)
+            while True:
+                winner = self._decide(attempts.run())
+                if winner is None:
+                    return self._relay(self._apology_frame(), iter(()))
+                self._stream = winner.stream
+                self._saw_data()
+                rest = winner.chunks if winner.chunks is not None else iter(())
+                chunks = itertools.chain([winner.first], rest) if winner.first else rest
+                try:
+                    first = self._first_frame(chunks)
+                    break
+                except UpstreamStreamBroken as exc:
+                    error = self._before_first_byte(exc)
+                    if isinstance(error, ShuttingDown) or not isinstance(error, UpstreamError):
+                        raise error from None
+                    self._retry_after(winner, error, attempts)
         except BaseException as exc:
             self.ctx.live.discard(self)
             if self._stream is not None:
@@ -126,8 +145,19 @@ class Turn:
             raise
         return self._relay(first, chunks)
 
-    def _attempt(self, *, whole: bool) -> Attempt | None:
-        """Run the attempt policy; the winning attempt, ``None`` for the apology, or raise."""
+    def _retry_after(self, winner: Attempt, error: UpstreamError, attempts: Attempts) -> None:
+        """Forget a model that failed before the first frame; the attempts go on."""
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = None
+        self.last_data = None
+        with self._lock:
+            self.abort_reason = None
+        self.answered = None
+        self._new_pipeline()
+        attempts.lost(winner, error)
+
+    def _attempts_for(self, *, whole: bool) -> Attempts:
         attempts = Attempts(
             self.ctx.upstream,
             self.ctx.policy,
@@ -140,7 +170,14 @@ class Turn:
         self._attempts = attempts
         if self.abort_reason is not None:
             attempts.abort()
-        outcome = attempts.run()
+        return attempts
+
+    def _attempt(self, *, whole: bool) -> Attempt | None:
+        """Run the attempt policy; the winning attempt, ``None`` for the apology, or raise."""
+        return self._decide(self._attempts_for(whole=whole).run())
+
+    def _decide(self, outcome: Outcome) -> Attempt | None:
+        """The winning attempt, ``None`` for the apology, or the error Vapi should get."""
         self.record.attempts(outcome.story, hedged=outcome.hedged)
         self.record.upstream_failures = [error.code for error in outcome.errors]
         if outcome.winner is not None:
@@ -205,8 +242,11 @@ class Turn:
             return self._attempts.due() if self._attempts is not None else math.inf
         return self.last_data + self.ctx.live.stall_timeout
 
-    def expire(self) -> None:
-        """The watchdog's call when :meth:`due` has passed."""
+    def expire(self, now: float) -> None:
+        """The watchdog's call when :meth:`due` had passed; checked again, since the turn
+        may have moved on (a first chunk, another attempt) since the watchdog looked."""
+        if self.due() > now:
+            return
         if self.last_data is None and self._attempts is not None:
             self._attempts.expire()
         else:
@@ -217,7 +257,7 @@ class Turn:
         with self._lock:
             if self.abort_reason is None:
                 self.abort_reason = reason
-        if self._attempts is not None:
+        if self._attempts is not None and reason == "shutdown":
             self._attempts.abort()
         if self._stream is not None:
             self._stream.abort()
@@ -258,8 +298,8 @@ class Turn:
             except Exception as exc:
                 log.exception("stream relay failed")
                 record.outcome, record.error = "bridge_error", exc.__class__.__name__
-            if self.abort_reason == "shutdown" and record.outcome == "ok":
-                record.outcome = "shutdown"
+            if self.abort_reason is not None and record.outcome == "ok":
+                record.outcome = "shutdown" if self.abort_reason == "shutdown" else "upstream_error"
             for held in self.pipeline.flush():
                 yield sse.frame(held)
             if record.ttfs_ms is None:
@@ -291,6 +331,14 @@ class Turn:
         if self.abort_reason == "shutdown":
             return ShuttingDown(
                 "The bridge is shutting down.", hint="Vapi may retry; the bridge is restarting."
+            )
+        if self.abort_reason == "stall":
+            limit = self.ctx.live.stall_timeout
+            return UpstreamError(
+                f"SambaNova stalled before the reply began: no data for {limit:g}s.",
+                hint="Retry; a fallback model (--fallback-model) keeps the call going.",
+                upstream_status=504,
+                code="upstream_timeout",
             )
         return exc
 
@@ -421,4 +469,4 @@ class LiveTurns:
                     self._changed.wait(None if soonest == math.inf else soonest - now)
                     continue
             for turn in expired:
-                turn.expire()
+                turn.expire(now)
