@@ -174,3 +174,18 @@ def tunnel_env(fake: FakeSambaNova, tmp_path: Path) -> tuple[dict[str, str], lis
 def agents_left(pidfile: Path) -> list[int]:
     pids = [int(pid) for pid in pidfile.read_text().split()] if pidfile.exists() else []
     return [pid for pid in pids if process_alive(pid)]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line mentions ``marker`` (Linux /proc; [] elsewhere)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue
+            if marker.encode() in cmdline and "\nState:\tZ" not in status:
+                found.append(int(entry))
+    return found

@@ -40,12 +40,6 @@ ORIGINAL_CREDENTIALS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def no_vapi_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VAPI_API_KEY", "VAPI_BASE_URL", "VAPI_ASSISTANT_ID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def vapi() -> Iterator[FakeVapi]:
     with FakeVapi() as fake:

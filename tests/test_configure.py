@@ -23,12 +23,6 @@ from vapi_bridge.vapi import VapiClient
 WRONG_KEY = "ffffffff-1111-4222-8333-444444444444"
 
 
-@pytest.fixture(autouse=True)
-def no_vapi_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VAPI_API_KEY", "VAPI_BASE_URL", "VAPI_ASSISTANT_ID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def vapi() -> Iterator[FakeVapi]:
     with FakeVapi() as fake:

@@ -26,7 +26,7 @@ from tests.helpers import (
     vapi_request,
     wait_until,
 )
-from tests.process import Serve
+from tests.process import Serve, processes_with
 from vapi_bridge.metrics import Metrics
 from vapi_bridge.reqlog import RequestRecord
 
@@ -209,21 +209,6 @@ def test_openmetrics_when_prometheus_asks_for_it(bridge: RunningBridge) -> None:
 
 
 # --- --workers: prometheus_client's multiprocess mode -------------------------------------------
-
-
-def processes_with(marker: str) -> list[int]:
-    """Live processes whose command line mentions ``marker`` (the workers' settings file)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            if marker.encode() in cmdline and "\nState:\tZ" not in status:
-                found.append(int(entry))
-    return found
 
 
 def metrics_dir_of(pid: int) -> Path:

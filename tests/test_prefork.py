@@ -10,24 +10,9 @@ import pytest
 
 from tests.fakes.sambanova import FakeSambaNova
 from tests.helpers import SECRET, assert_ended_cleanly_by_the_stop, stop_during_streams, wait_until
-from tests.process import Serve, agents_left, run_cli, tunnel_env
+from tests.process import Serve, agents_left, processes_with, run_cli, tunnel_env
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
-
-
-def worker_processes(marker: str) -> list[int]:
-    """Processes whose command line mentions ``marker`` (the per-run settings file)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            if marker.encode() in cmdline and "\nState:\tZ" not in status:
-                found.append(int(entry))
-    return found
 
 
 def env_for(fake: FakeSambaNova) -> dict[str, str]:
@@ -41,14 +26,14 @@ def test_workers_serve_and_stop_with_nothing_left(fake: FakeSambaNova, isolated_
         serve.stdout_line()
         serve.wait_stderr(lambda line: "Try it" in line)
         marker = f"workers-{serve.proc.pid}.json"
-        assert wait_until(lambda: len(worker_processes(marker)) == 3), "a master, two workers"
+        assert wait_until(lambda: len(processes_with(marker)) == 3), "a master, two workers"
         assert not (isolated_env / marker).exists(), "the keys file is gone once read"
         for _ in range(4):
             result = run_cli("test", "--json")
             assert result.returncode == 0, result.stderr
             assert json.loads(result.stdout)["text"] == "Sure! Let me check Tuesday for you."
         assert serve.stop("SIGTERM") == 0
-    assert worker_processes(marker) == []
+    assert processes_with(marker) == []
     assert serve.stderr.count("POST /chat/completions 200") == 4
     assert "Traceback" not in serve.stderr
 
@@ -74,7 +59,7 @@ def test_workers_end_live_streams_cleanly_on_stop(
     assert serve.stderr.count("outcome=shutdown") == 6
     assert "Ended 6 live stream(s) early" in serve.stderr, "the workers report what they cut"
     assert fake.wait_no_open_streams(5)
-    assert worker_processes(f"workers-{serve.proc.pid}.json") == []
+    assert processes_with(f"workers-{serve.proc.pid}.json") == []
 
 
 def test_workers_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_period(
@@ -87,7 +72,7 @@ def test_workers_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_peri
     assert_ended_cleanly_by_the_stop(listeners)
     assert serve.stderr.count("outcome=shutdown") == 6
     assert agents_left(pidfile) == [], "the ngrok agent outlived the bridge"
-    assert worker_processes(f"workers-{serve.proc.pid}.json") == []
+    assert processes_with(f"workers-{serve.proc.pid}.json") == []
     assert "Traceback" not in serve.stderr
 
 
@@ -112,7 +97,7 @@ def test_workers_report_bad_settings_like_one_process(
     result = run_cli("serve", "--no-tunnel", "--port", "0", "--workers", "2", *args)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
-    assert worker_processes(str(isolated_env)) == [], "no worker process is left behind"
+    assert processes_with(str(isolated_env)) == [], "no worker process is left behind"
 
 
 def test_workers_import_a_hook_module_once(fake: FakeSambaNova, tmp_path: Path) -> None:

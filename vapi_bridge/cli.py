@@ -101,15 +101,9 @@ def root(
 
 
 def _stored(home: Path) -> dict[str, Any]:
-    from vapi_bridge import keystore
+    from vapi_bridge import configure
 
-    try:
-        return keystore.load(home)
-    except keystore.ConfigFileError as exc:
-        raise ConfigError(
-            f"Cannot read the stored config: {exc}.",
-            hint="Fix or delete that file, then run `vapi-bridge configure-key` again.",
-        ) from None
+    return configure.load(home)
 
 
 class GroupedCommand(TyperCommand):

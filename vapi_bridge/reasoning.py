@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vapi_bridge.stages import Chunk, Trace
+from vapi_bridge.stages import Chunk, Trace, like
 
 OPEN = "<think>"
 CLOSE = "</think>"
@@ -148,14 +148,7 @@ class ReasoningFilter:
                 )
         if not choices or self._last is None:
             return None
-        last = self._last
-        return {
-            "id": last["id"],
-            "object": last["object"],
-            "created": last["created"],
-            "model": last["model"],
-            "choices": choices,
-        }
+        return like(self._last, choices)
 
     def _choice(self, choice: dict[str, Any]) -> bool:
         """Clean one choice in place; True when it still has something to say."""

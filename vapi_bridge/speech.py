@@ -49,7 +49,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from vapi_bridge.stages import Chunk, Trace
+from vapi_bridge.stages import Chunk, Trace, like
 
 _EMOJI_CLASS = (
     "\u231a\u231b\u2328\u23cf\u23e9-\u23f3\u23f8-\u23fa\u2600-\u27bf"
@@ -380,14 +380,7 @@ class SpeechFilter:
                     )
         if not choices or self._last is None:
             return None
-        last = self._last
-        return {
-            "id": last["id"],
-            "object": last["object"],
-            "created": last["created"],
-            "model": last["model"],
-            "choices": choices,
-        }
+        return like(self._last, choices)
 
 
 def speakable(text: str, removed: Counter[str] | None = None) -> str:

@@ -204,3 +204,14 @@ def int_created(value: Any, fallback: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return fallback
     return int(value)
+
+
+def like(template: Chunk, choices: list[dict[str, Any]]) -> Chunk:
+    """A chunk with ``template``'s id, created and model, for text a stage gives out late."""
+    return {
+        "id": template["id"],
+        "object": template["object"],
+        "created": template["created"],
+        "model": template["model"],
+        "choices": choices,
+    }
