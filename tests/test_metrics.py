@@ -143,7 +143,9 @@ def test_live_streams_and_barge_ins(bridge: RunningBridge, logs: LogCapture) -> 
         json={**vapi_request(), "model": "long"},
         timeout=10,
     ) as response:
-        assert next(response.iter_lines()).startswith("data: ")
+        # Hold the iterator: dropping it closes httpcore's stream, and so the connection.
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
         live = scrape(bridge.url)
         assert value(live, "vapi_bridge_active_streams") == 1
     logs.wait_for(lambda line: "outcome=client_closed" in line)
