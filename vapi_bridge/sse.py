@@ -85,6 +85,64 @@ class Parser:
         return self.feed("")
 
 
+class ByteParser:
+    """:class:`Parser`'s rules on raw bytes as they come off a socket, a block at a time.
+
+    The upstream reader's hot path: one split per block instead of a string decode and a
+    generator step per line. Lines end at CR, LF or CRLF (the SSE spec's only line ends; a
+    U+2028 inside a JSON string is text). Events come out as ``(event name, data)`` pairs of
+    bytes; comments are skipped.
+    """
+
+    __slots__ = ("_data", "_name", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[bytes] = []
+        self._name = b""
+
+    def feed(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The events that ``block`` completes (usually one, for one upstream chunk)."""
+        buf = self._rest + block if self._rest else block
+        if b"\r" in buf:
+            # A CR at the very end may be the first half of a CRLF: decide with the next block.
+            held = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = buf.split(b"\n")
+            if held:
+                lines.pop()
+                lines[-1] += b"\r"
+        else:
+            lines = buf.split(b"\n")
+        self._rest = lines.pop()
+        return self._lines(lines)
+
+    def end(self) -> list[tuple[bytes, bytes]]:
+        """The stream ended: an unterminated last line counts, and what is held is dispatched."""
+        rest, self._rest = self._rest, b""
+        lines = [rest[:-1] if rest.endswith(b"\r") else rest] if rest else []
+        return self._lines([*lines, b""])
+
+    def _lines(self, lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                    out.append((self._name, data))
+                    self._data = []
+                self._name = b""
+            elif line[0] != 58:  # b":" starts a comment
+                field, _, value = line.partition(b":")
+                if value[:1] == b" ":
+                    value = value[1:]
+                if field == b"data":
+                    self._data.append(value)
+                elif field == b"event":
+                    self._name = value
+        return out
+
+
 def events(lines: Iterable[str], *, comments: bool = False) -> Iterator[Event]:
     """Parse SSE lines into events (see :class:`Parser`)."""
     parser = Parser(comments=comments)

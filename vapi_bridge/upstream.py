@@ -16,9 +16,11 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import h11
 import httpx
 
 from vapi_bridge import sse
@@ -201,36 +203,66 @@ def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
 
 
 class SSEStream:
-    """Reads SambaNova's SSE lines and yields each event's JSON; closing drops the connection."""
+    """Reads SambaNova's SSE body and yields each event's JSON; closing drops the connection.
+
+    Per chunk the read side is one ``recv``, one HTTP/1.1 parse step, one split of the bytes
+    into events (:class:`sse.ByteParser`) and one ``json`` parse. On the usual transport
+    (HTTP/1.1 over a plain or TLS socket) the body is read straight from httpcore's own
+    ``h11`` connection, skipping the seven generators httpx stacks on top of it; the
+    connection's state stays httpcore's, so it returns to the pool as usual. Any other
+    transport is read through httpx's public iterators.
+    """
 
     def __init__(self, context: Any, response: Any) -> None:
         self._context = context
         self._response = response
         self.rate = RateLimit.from_headers(response.headers)
+        self._wire = _Wire.of(response.http_response)
+        self._done = False
 
     def __iter__(self) -> Iterator[Any]:
+        parser = sse.ByteParser()
+        blocks = self._wire.blocks() if self._wire is not None else self._httpx_blocks()
         try:
-            for event in sse.events(self._response.iter_lines()):
-                if event.done:
+            while True:
+                block = next(blocks, None)
+                for name, data in parser.feed(block) if block is not None else parser.end():
+                    if data.startswith(b"[DONE]"):
+                        self._done = True
+                        return
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        text = data.decode("utf-8", "replace")
+                    try:
+                        parsed = json.loads(text)
+                    except ValueError:
+                        log.warning("SambaNova sent a data line that is not JSON; skipped it")
+                        continue
+                    if name == b"error":
+                        raise InBandError(
+                            f"SambaNova reported an error in its stream: {text[:300]}"
+                        )
+                    yield parsed
+                if block is None:
                     return
-                try:
-                    parsed = json.loads(event.data)
-                except ValueError:
-                    log.warning("SambaNova sent a data line that is not JSON; skipped it")
-                    continue
-                if event.event == "error":
-                    raise InBandError(
-                        f"SambaNova reported an error in its stream: {event.data[:300]}"
-                    )
-                yield parsed
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamStreamBroken(
                 "SambaNova stopped sending data mid-stream.", upstream_status=504
             ) from None
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError, h11.ProtocolError):
             raise UpstreamStreamBroken("The connection to SambaNova dropped mid-stream.") from None
 
+    def _httpx_blocks(self) -> Iterator[bytes]:
+        """The body's bytes through httpx (decompressed when the upstream compressed them)."""
+        http = self._response.http_response
+        encoding = http.headers.get("content-encoding", "identity").strip().lower()
+        return iter(http.iter_raw() if encoding == "identity" else http.iter_bytes())
+
     def close(self) -> None:
+        """Release the response; after a whole reply its connection goes back to the pool."""
+        if self._done and self._wire is not None:
+            self._wire.finish()
         self._context.__exit__(None, None, None)
 
     def abort(self) -> None:
@@ -242,6 +274,85 @@ class SSEStream:
             return
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Wire:
+    """The ``h11`` connection and socket under an httpx response on httpcore's sync stack."""
+
+    READ = 64 * 1024
+    # After [DONE] the body's last bytes are on their way; waiting this long for them keeps the
+    # connection (and, over TLS, its handshake) for the next turn. Vapi already has [DONE].
+    FINISH_WAIT = 0.05
+
+    def __init__(
+        self, state: h11.Connection, sock: socket.socket, timeout: float | None, chunked: bool
+    ) -> None:
+        self.state = state
+        self.sock = sock
+        self.timeout = timeout
+        self.chunked = chunked
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Wire | None:
+        """The wire under ``response``, or ``None`` for any other transport (HTTP/2, a proxy
+        tunnel, a mock, compressed content): those are read through httpx's iterators."""
+        from httpcore._backends.sync import SyncStream
+        from httpcore._sync.http11 import HTTP11ConnectionByteStream
+
+        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            return None
+        stream: Any = response.stream
+        try:
+            stream = stream._stream._httpcore_stream._stream
+            if type(stream) is not HTTP11ConnectionByteStream:
+                return None
+            connection = stream._connection
+            state, network = connection._h11_state, connection._network_stream
+            timeout = response.request.extensions["timeout"]["read"]
+        except (AttributeError, KeyError, TypeError):
+            return None
+        if type(network) is not SyncStream or state.their_state is not h11.SEND_BODY:
+            return None
+        chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
+        return cls(state, network._sock, timeout, chunked)
+
+    def blocks(self) -> Iterator[bytes]:
+        """The body's data as it arrives, as httpcore would read it (one read timeout).
+
+        In a chunked body, data that leaves h11's buffer empty always needs more bytes to
+        go on (the chunk's CRLF at least), so the read comes without asking h11 first.
+        """
+        state, recv, size = self.state, self.sock.recv, self.READ
+        chunked = self.chunked
+        self.sock.settimeout(self.timeout)
+        while True:
+            event = state.next_event()
+            if event is h11.NEED_DATA:
+                state.receive_data(recv(size))
+            elif type(event) is h11.Data:
+                yield bytes(event.data)
+                if chunked and not state.trailing_data[0]:
+                    state.receive_data(recv(size))
+            else:
+                return
+
+    def finish(self) -> None:
+        """Read the body's end if it comes within :attr:`FINISH_WAIT`; else leave it (the
+        connection is then closed, not reused)."""
+        deadline = time.monotonic() + self.FINISH_WAIT
+        try:
+            while True:
+                event = self.state.next_event()
+                if event is h11.NEED_DATA:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self.sock.settimeout(left)
+                    self.state.receive_data(self.sock.recv(self.READ))
+                elif type(event) is not h11.Data:
+                    return
+        except (OSError, h11.ProtocolError):
+            return
 
 
 def open_upstream(settings: Settings) -> Upstream:
