@@ -10,7 +10,7 @@ the benchmarks and the tests, so every reader agrees on what a stream said.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,23 @@ CONTENT_TYPE = "text/event-stream"
 # The bridge names the model that answered (a fallback, maybe) in this response header.
 MODEL_HEADER = "X-Vapi-Bridge-Model"
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode`` for a chunk, without building a new C encoder on every call."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another interpreter): the plain encoder
+        return _ENCODER.encode
+    # No circular-reference markers: chunks come from json.loads and the stages, never cyclic;
+    # and without them the encoder keeps no state, so threads can share it.
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    return lambda chunk: "".join(encode(chunk, 0))
+
+
+_encode = _encoder()
 
 
 def frame(chunk: dict[str, Any]) -> bytes:
