@@ -190,9 +190,10 @@ def instrument(meter: Meter) -> None:
     wrap(socket.SocketIO, "write", "socket send")
 
 
-def process_cpu() -> float:
+def process_cpu() -> tuple[float, float]:
+    """User and system CPU seconds of this process."""
     times = os.times()
-    return times.user + times.system
+    return times.user, times.system
 
 
 def load(url: str, streams: int, total: int, model: str = MODEL) -> dict[str, int]:
@@ -244,7 +245,8 @@ def main() -> None:
         started = time.perf_counter()
         run = load(url, args.streams, args.total, args.model)
         wall = time.perf_counter() - started
-        spent = process_cpu() - before
+        user, system = (after - start for after, start in zip(process_cpu(), before, strict=True))
+        spent = user + system
         totals = meter.totals()
     finally:
         bridge.stop()
@@ -257,7 +259,10 @@ def main() -> None:
         f"{run['chunks']} chunks in {wall:.1f} s; load {os.getloadavg()[0]:.2f}"
     )
     label = "plain" if args.plain else "instrumented"
-    print(f"bridge CPU per 1,000 chunks ({label}): {spent / chunks * 1000:.3f} s")
+    print(
+        f"user {per_chunk(user):.0f} us, system {per_chunk(system):.0f} us per chunk; "
+        f"bridge CPU per 1,000 chunks ({label}): {spent / chunks * 1000:.3f} s"
+    )
     if args.plain:
         return
     attributed = sum(totals.values())

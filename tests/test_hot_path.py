@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
 from tests.helpers import BridgeFactory, sse_events, vapi_request
-from vapi_bridge import sse
+from vapi_bridge import sse, upstream
 from vapi_bridge.errors import InBandError, UpstreamStreamBroken
 from vapi_bridge.reasoning import ReasoningFilter
 from vapi_bridge.speech import SpeechFilter
@@ -339,3 +341,155 @@ def test_recorded_streams_frame_alike(fixture: str) -> None:
     for forward_usage in (False, True):
         expected = run(stream, CopyingNormalise, forward_usage)
         assert run(stream, Normalise, forward_usage) == expected
+
+
+# The chunked body: decoded by the reader itself; h11 is kept in step so the connection
+# serves the next turn.
+
+
+def chunked(payloads: list[bytes], ext: str = "", trailer: bytes = b"") -> bytes:
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext.encode(), p) for p in payloads)
+    return body + b"0\r\n" + trailer + b"\r\n"
+
+
+@PROPERTIES
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    ext=st.sampled_from(["", ";x=1", ";name", " "]),
+    trailer=st.sampled_from([b"", b"X-Check: 1\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+def test_chunk_decoder_reads_any_split(
+    payloads: list[bytes], ext: str, trailer: bytes, cuts: list[int]
+) -> None:
+    decoder = upstream._Chunks()
+    body = chunked(payloads, ext, trailer)
+    data = b"".join(decoder.feed(block) for block in split(body, cuts))
+    assert data == b"".join(payloads)
+    assert decoder.done and decoder.at_boundary and not decoder.excess
+
+
+@pytest.mark.parametrize("body", [b"zz\r\nab\r\n", b"2\r\nabXX", b"-2\r\n", b"1" * 30 + b"\r\n"])
+def test_chunk_decoder_rejects_bad_framing(body: bytes) -> None:
+    with pytest.raises(h11.RemoteProtocolError):
+        upstream._Chunks().feed(body)
+
+
+def test_chunk_decoder_notices_bytes_after_the_body() -> None:
+    decoder = upstream._Chunks()
+    assert decoder.feed(chunked([b"hi"]) + b"HTTP/1.1") == b"hi"
+    assert decoder.done and decoder.excess
+
+
+class RawUpstream:
+    """A bare HTTP/1.1 server at the network boundary: each response is written as the
+    given pieces (headers and body bytes grouped at odd places), on keep-alive connections.
+    With ``gate``, each piece after the first waits for it to be set (and clears it)."""
+
+    def __init__(self, pieces: list[bytes], gate: threading.Event | None = None) -> None:
+        self.pieces = pieces
+        self.gate = gate
+        self.connections = 0
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = conn.makefile("rb")
+        with contextlib.suppress(OSError), conn, reader:
+            while True:
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if not line:
+                    return
+                reader.read(length)
+                self.requests += 1
+                for i, piece in enumerate(self.pieces):
+                    if i and self.gate is not None:
+                        assert self.gate.wait(10), "the test never opened the gate"
+                        self.gate.clear()
+                    conn.sendall(piece)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse_body(texts: list[str]) -> bytes:
+    events = [f"data: {json.dumps(c)}\n\n".encode() for c in text_chunks(texts)]
+    return chunked([*events, b"data: [DONE]\n\n"])
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 40, 200, -9, -3])
+def test_a_body_cut_anywhere_relays_whole_and_keeps_the_connection(
+    start_bridge: BridgeFactory, cut: int
+) -> None:
+    """Headers and body bytes arrive grouped in any way (the first chunk with the headers,
+    half of it, the end split); each reply is whole and the connection serves the next."""
+    body = sse_body(["Sure", "! Let me", " check."])
+    raw = RawUpstream([HEAD + body[:cut], body[cut:]])
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(3):
+            events = sse_events(bridge.post(vapi_request()))
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.requests == 3 and raw.connections == 1
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("into", [1, 5, 60])
+def test_a_chunk_split_after_the_headers_keeps_the_connection(
+    start_bridge: BridgeFactory, into: int
+) -> None:
+    """The headers come with a whole chunk and part of the next, whose rest comes once the
+    first is relayed, then the rest of the body. h11 held that part: it is fed up to that
+    chunk's end and a last chunk of its own, so the connection serves the next turn."""
+    body = sse_body(["Sure", "! Let me", " check."])
+    ends = [m.end() for m in re.finditer(rb"\n\n\r\n", body)]
+    gate = threading.Event()
+    pieces = [HEAD + body[: ends[0] + into], body[ends[0] + into : ends[1]], body[ends[1] :]]
+    raw = RawUpstream(pieces, gate)
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(2):
+            with httpx.stream(
+                "POST",
+                bridge.url + "/chat/completions",
+                json=vapi_request(),
+                headers=bridge.headers(),
+                timeout=10,
+            ) as response:
+                data = []
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        data.append(line)
+                        gate.set()
+            heard = "".join(
+                json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                for line in data[:-1]
+            )
+            assert heard == "Sure! Let me check." and data[-1] == "data: [DONE]"
+        assert raw.requests == 2 and raw.connections == 1
+    finally:
+        raw.close()

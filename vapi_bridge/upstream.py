@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -284,12 +286,22 @@ class SSEStream:
 
 
 class _Wire:
-    """The ``h11`` connection and socket under an httpx response on httpcore's sync stack."""
+    """The socket under an httpx response on httpcore's sync stack, and its ``h11`` state.
+
+    A chunked body (what an SSE stream is) is decoded here, a few slices per read; ``h11``
+    sees the bytes only where it needs them to stay in step with the connection: what it
+    already held with the headers, up to the first chunk boundary, and the body's end. The
+    connection's state is httpcore's throughout, so a whole body returns it to the pool.
+    Any other body is read through ``h11`` event by event, as httpcore would.
+    """
 
     READ = 64 * 1024
     # After [DONE] the body's last bytes are on their way; waiting this long for them keeps the
     # connection (and, over TLS, its handshake) for the next turn. Vapi already has [DONE].
     FINISH_WAIT = 0.05
+    # A body that never reaches a chunk boundary at the end of a read is not worth keeping
+    # the connection for.
+    CATCH_UP_MAX = 1 << 20
 
     def __init__(
         self, state: h11.Connection, sock: socket.socket, timeout: float | None, chunked: bool
@@ -298,6 +310,8 @@ class _Wire:
         self.sock = sock
         self.timeout = timeout
         self.chunked = chunked
+        self.deadline = math.inf
+        self._blocks: Iterator[bytes] | None = None
 
     @classmethod
     def of(cls, response: httpx.Response) -> _Wire | None:
@@ -320,46 +334,143 @@ class _Wire:
             return None
         if type(network) is not SyncStream or state.their_state is not h11.SEND_BODY:
             return None
-        chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
+        chunked = response.headers.get("transfer-encoding", "").strip().lower() == "chunked"
         return cls(state, network._sock, timeout, chunked)
 
     def blocks(self) -> Iterator[bytes]:
-        """The body's data as it arrives, as httpcore would read it (one read timeout).
-
-        In a chunked body, data that leaves h11's buffer empty always needs more bytes to
-        go on (the chunk's CRLF at least), so the read comes without asking h11 first.
-        """
-        state, recv, size = self.state, self.sock.recv, self.READ
-        chunked = self.chunked
+        """The body's data as it arrives (one read timeout for the whole body)."""
         self.sock.settimeout(self.timeout)
-        while True:
-            event = state.next_event()
-            if event is h11.NEED_DATA:
-                state.receive_data(recv(size))
-            elif type(event) is h11.Data:
-                yield bytes(event.data)
-                if chunked and not state.trailing_data[0]:
-                    state.receive_data(recv(size))
-            else:
-                return
+        self._blocks = self._chunked() if self.chunked else self._events()
+        return self._blocks
 
     def finish(self) -> None:
         """Read the body's end if it comes within :attr:`FINISH_WAIT`; else leave it (the
         connection is then closed, not reused)."""
-        deadline = time.monotonic() + self.FINISH_WAIT
+        if self._blocks is None:
+            return
+        self.deadline = time.monotonic() + self.FINISH_WAIT
         try:
-            while True:
-                event = self.state.next_event()
-                if event is h11.NEED_DATA:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    self.sock.settimeout(left)
-                    self.state.receive_data(self.sock.recv(self.READ))
-                elif type(event) is not h11.Data:
-                    return
+            self.sock.settimeout(self.FINISH_WAIT)
+            for _ in self._blocks:
+                pass
         except (OSError, h11.ProtocolError):
             return
+
+    def _recv(self) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError
+        return self.sock.recv(self.READ)
+
+    def _events(self) -> Iterator[bytes]:
+        state = self.state
+        while True:
+            event = state.next_event()
+            if event is h11.NEED_DATA:
+                state.receive_data(self._recv())
+            elif type(event) is h11.Data:
+                yield bytes(event.data)
+            else:
+                return
+
+    def _chunked(self) -> Iterator[bytes]:
+        state, decoder = self.state, _Chunks()
+        held, _ = state.trailing_data  # body bytes that came with the headers: h11 has them
+        data = decoder.feed(held)
+        # h11 is fed what completes the chunk it holds part of, if any; after that a last
+        # chunk of its own stands for the rest of the body (h11 needs only the framing).
+        catch_up: bytearray | None = None if decoder.at_boundary else bytearray()
+        has_end = decoder.done
+        while True:
+            if data:
+                yield data
+            if decoder.done:
+                break
+            block = self._recv()
+            if not block:
+                raise h11.RemoteProtocolError(
+                    "peer closed connection without sending complete message body "
+                    "(incomplete chunked read)"
+                )
+            data = decoder.feed(block)
+            if catch_up is not None:
+                catch_up += block
+                if decoder.done:
+                    has_end = True
+                elif decoder.at_boundary:
+                    state.receive_data(bytes(catch_up))
+                    catch_up = None
+                elif len(catch_up) > self.CATCH_UP_MAX:
+                    return
+        if decoder.excess:
+            return  # bytes after the body: the connection is in no state to be reused
+        if catch_up is not None:
+            state.receive_data(bytes(catch_up))
+        elif not has_end:
+            state.receive_data(b"0\r\n\r\n")
+        with contextlib.suppress(h11.ProtocolError):
+            while type(state.next_event()) is h11.Data:
+                pass
+
+
+class _Chunks:
+    """HTTP/1.1 chunked transfer coding, decoded a read at a time (as ``h11`` parses it)."""
+
+    __slots__ = ("_buf", "_left", "_step", "done", "excess")
+
+    HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")
+    LINE_MAX = 16 * 1024
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._left = 0  # chunk data still to come
+        self._step = "size"  # size | data | crlf | trailer
+        self.done = False
+        self.excess = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between two chunks (or past the last), with nothing half-read."""
+        return self.done or (self._step == "size" and not self._buf)
+
+    def feed(self, block: bytes) -> bytes:
+        """The chunk data ``block`` carries (the framing removed)."""
+        buf = self._buf + block if self._buf else block
+        out: list[bytes] = []
+        i, n = 0, len(buf)
+        while i < n and not self.done:
+            step = self._step
+            if step == "data":
+                end = min(n, i + self._left)
+                out.append(buf[i:end])
+                self._left -= end - i
+                i = end
+                if not self._left:
+                    self._step = "crlf"
+            elif step == "crlf":
+                if n - i < 2:
+                    break
+                if buf[i : i + 2] != b"\r\n":
+                    raise h11.RemoteProtocolError("malformed chunk footer")
+                i += 2
+                self._step = "size"
+            else:
+                end = buf.find(b"\r\n", i)
+                if end < 0:
+                    if n - i > self.LINE_MAX:
+                        raise h11.RemoteProtocolError("chunk header too long")
+                    break
+                line, i = buf[i:end], end + 2
+                if step == "trailer":
+                    self.done = not line
+                    continue
+                match = self.HEADER.fullmatch(line)
+                if match is None:
+                    raise h11.RemoteProtocolError(f"illegal chunk header: {line[:40]!r}")
+                self._left = int(match[1], 16)
+                self._step = "data" if self._left else "trailer"
+        self._buf = buf[i:]
+        self.excess = self.done and bool(self._buf)
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def open_upstream(settings: Settings) -> Upstream:
