@@ -106,6 +106,9 @@ def test_byte_parser_reads_any_split_as_the_line_parser_does(
 def test_byte_parser_cases(stream: bytes, events: list[tuple[str, str]]) -> None:
     assert byte_events([stream]) == events
     assert byte_events([stream[i : i + 1] for i in range(len(stream))]) == events
+    per_event = [part + b"\n\n" for part in stream.split(b"\n\n")]
+    per_event[-1] = per_event[-1][:-2]
+    assert byte_events(per_event) == events, "one block per event (the usual read)"
 
 
 def test_a_line_separator_inside_json_text_is_relayed(
@@ -362,11 +365,12 @@ def chunked(payloads: list[bytes], ext: str = "", trailer: bytes = b"") -> bytes
 def test_chunk_decoder_reads_any_split(
     payloads: list[bytes], ext: str, trailer: bytes, cuts: list[int]
 ) -> None:
-    decoder = upstream._Chunks()
     body = chunked(payloads, ext, trailer)
-    data = b"".join(decoder.feed(block) for block in split(body, cuts))
-    assert data == b"".join(payloads)
-    assert decoder.done and decoder.at_boundary and not decoder.excess
+    whole_chunks = [chunked([p], ext)[:-5] for p in payloads] + [b"0\r\n" + trailer + b"\r\n"]
+    for blocks in (split(body, cuts), whole_chunks):
+        decoder = upstream._Chunks()
+        assert b"".join(decoder.feed(block) for block in blocks) == b"".join(payloads)
+        assert decoder.done and decoder.at_boundary and not decoder.excess
 
 
 @pytest.mark.parametrize("body", [b"zz\r\nab\r\n", b"2\r\nabXX", b"-2\r\n", b"1" * 30 + b"\r\n"])

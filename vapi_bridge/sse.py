@@ -119,6 +119,14 @@ class ByteParser:
 
     def feed(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The events that ``block`` completes (usually one, for one upstream chunk)."""
+        if (
+            block.startswith(b"data: ")
+            and block.find(b"\n") == len(block) - 2
+            and block.endswith(b"\n\n")
+            and not (self._rest or self._data or self._name)
+            and b"\r" not in block
+        ):
+            return [(b"", block[6:-2])]  # the usual block: exactly one one-line event
         buf = self._rest + block if self._rest else block
         if b"\r" in buf:
             # A CR at the very end may be the first half of a CRLF: decide with the next block.

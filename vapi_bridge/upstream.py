@@ -418,6 +418,7 @@ class _Chunks:
     __slots__ = ("_buf", "_left", "_step", "done", "excess")
 
     HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")
+    WHOLE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
     LINE_MAX = 16 * 1024
 
     def __init__(self) -> None:
@@ -434,6 +435,14 @@ class _Chunks:
 
     def feed(self, block: bytes) -> bytes:
         """The chunk data ``block`` carries (the framing removed)."""
+        if self._step == "size" and not self._buf:
+            # The usual read: exactly one whole chunk.
+            match = self.WHOLE.match(block)
+            if match is not None:
+                start = match.end()
+                end = start + int(match[1], 16)
+                if start < end == len(block) - 2 and block.endswith(b"\r\n"):
+                    return block[start:end]
         buf = self._buf + block if self._buf else block
         out: list[bytes] = []
         i, n = 0, len(buf)
