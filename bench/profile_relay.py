@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import SECRET, start_fake, stop
-from bench.latency import MODEL
+from bench._harness import SECRET, stop
+from bench.latency import MODEL, start_backlogged_fake
 
 LOAD = """
 import asyncio, json, sys
@@ -234,7 +234,7 @@ def main() -> None:
     meter = Meter()
     if not args.plain:
         instrument(meter)
-    fake, fake_url = start_fake()
+    fake, fake_url = start_backlogged_fake()
     settings = bridge_settings(Path(tempfile.mkdtemp()), fake_url, secret=SECRET)
     bridge = run_bridge(settings)
     url = bridge.url + "/chat/completions"
