@@ -252,7 +252,7 @@ def main() -> None:
         idle_rss = rss_mb(bridge.pid)
         peak = PeakRSS(bridge.pid)
         for n in levels:
-            total = STREAMS_PER_LEVEL.get(n, 2 * n)
+            total = STREAMS_PER_LEVEL.get(n, max(2 * n, 120))
             for name, (url, headers) in paths.items():
                 before = cpu_seconds(bridge.pid)
                 results[(name, n)] = asyncio.run(level(url, headers, n, total))

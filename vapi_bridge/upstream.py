@@ -273,6 +273,9 @@ class SSEStream:
         if self._done and self._wire is not None:
             self._wire.finish()
         self._context.__exit__(None, None, None)
+        # httpx's response and its body stream refer to each other: without this, the
+        # response (request, headers, SDK wrappers) waits for the GC's next full pass.
+        self._response.http_response.stream = _CLOSED
 
     def abort(self) -> None:
         """Shut the socket down: unlike close(), that wakes a read blocked in another thread."""
@@ -283,6 +286,9 @@ class SSEStream:
             return
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+_CLOSED = httpx.ByteStream(b"")
 
 
 class _Wire:
