@@ -8,6 +8,7 @@ that the reader keeps the upstream connection for the next turn.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import re
 import socket
@@ -495,5 +496,39 @@ def test_a_chunk_split_after_the_headers_keeps_the_connection(
             )
             assert heard == "Sure! Let me check." and data[-1] == "data: [DONE]"
         assert raw.requests == 2 and raw.connections == 1
+    finally:
+        raw.close()
+
+
+def events_body(texts: list[str]) -> bytes:
+    return (
+        b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in text_chunks(texts))
+        + b"data: [DONE]\n\n"
+    )
+
+
+@pytest.mark.parametrize("framing", ["content-length", "gzip"])
+def test_other_bodies_go_the_general_way(start_bridge: BridgeFactory, framing: str) -> None:
+    """A body with a length (h11 event by event) or compressed (httpx's decoding iterators)
+    relays the same reply."""
+    plain = events_body(["Sure", "! Let me", " check."])
+    if framing == "gzip":
+        head = HEAD.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
+        packed = gzip.compress(plain)
+        body = chunked([packed[:20], packed[20:]])
+    else:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(plain)
+        body = plain
+    raw = RawUpstream([head + body[:7], body[7:]])
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(2):
+            events = sse_events(bridge.post(vapi_request()))
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.requests == 2
+        if framing == "content-length":
+            assert raw.connections == 1, "h11 read to the body's end: the connection is kept"
     finally:
         raw.close()
