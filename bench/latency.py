@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import SECRET, start_bridge, start_fake, stop
+from bench._harness import ROOT, SECRET, start_bridge, stop
 
 MODEL = "paced-40-20-50"
 CHUNKS, GAP_S, TTFT_S = 40, 0.020, 0.050
@@ -68,21 +68,26 @@ async def one_stream(
     }
     started = time.perf_counter()
     last = None
+    rest = b""
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 run.errors += 1
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
+            # Events split on bytes: httpx's line iterator would cost the client (which
+            # shares the cores with the bridge) several times what the bridge spends.
+            async for block in response.aiter_bytes():
                 now = time.perf_counter()
-                if last is None:
-                    run.ttfts.append(now - started)
-                else:
-                    run.gaps.append(now - last)
-                last = now
-                run.chunks += 1
+                *events, rest = (rest + block).split(b"\n\n")
+                for event in events:
+                    if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                        continue
+                    if last is None:
+                        run.ttfts.append(now - started)
+                    else:
+                        run.gaps.append(now - last)
+                    last = now
+                    run.chunks += 1
         run.completed += 1
     except httpx.HTTPError:
         run.errors += 1
@@ -160,6 +165,23 @@ class PeakRSS:
         return self.peak
 
 
+def start_backlogged_fake() -> tuple[subprocess.Popen[str], str]:
+    """The fake upstream, listening with a backlog for a hundred connects at once.
+
+    socketserver listens with a backlog of 5: at 100 streams a burst of connects overflowed
+    it, and each dropped SYN added a one-second retry to a direct-path TTFT.
+    """
+    code = (
+        "import socketserver; socketserver.TCPServer.request_queue_size = 1024; "
+        "from tests.fakes.sambanova import main; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
 def start_litellm(command: str, fake_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = 40000 + random.randrange(10000)
     config = Path(tempfile.mkdtemp()) / "litellm.yaml"
@@ -204,7 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
-    fake, fake_url = start_fake()
+    fake, fake_url = start_backlogged_fake()
     bridge, bridge_url = start_bridge(fake_url, *args.bridge_args.split())
     paths = {
         "direct": (fake_url + "/chat/completions", {}),
@@ -230,7 +252,7 @@ def main() -> None:
         idle_rss = rss_mb(bridge.pid)
         peak = PeakRSS(bridge.pid)
         for n in levels:
-            total = STREAMS_PER_LEVEL.get(n, 2 * n)
+            total = STREAMS_PER_LEVEL.get(n, max(2 * n, 120))
             for name, (url, headers) in paths.items():
                 before = cpu_seconds(bridge.pid)
                 results[(name, n)] = asyncio.run(level(url, headers, n, total))

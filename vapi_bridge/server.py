@@ -9,6 +9,7 @@ tunnel.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -38,6 +39,23 @@ class Server(Protocol):
     def start(self) -> None: ...
 
     def stop(self, grace: float = 5.0) -> int: ...
+
+
+# The cyclic GC's oldest generation is collected after this many collections of the middle
+# one (Python's default: 10).
+FULL_GC_AFTER = 100
+
+
+def quiet_gc() -> None:
+    """Make the cyclic GC's full collections ten times rarer in a serving process.
+
+    A full collection walks every object alive, and each live stream keeps hundreds (its
+    thread, frames, request, upstream response): at a hundred streams it holds the GIL for
+    about 150 ms, stalling every stream at once, and came three times per 1,200 replies.
+    Young collections, which free the per-chunk garbage, run as often as before.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_GC_AFTER)
 
 
 def local_url(host: str, port: int) -> str:
@@ -147,6 +165,7 @@ class BridgeServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        quiet_gc()
         self._thread.start()
 
     def stop(self, grace: float = 5.0) -> int:

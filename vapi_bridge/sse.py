@@ -10,7 +10,7 @@ the benchmarks and the tests, so every reader agrees on what a stream said.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,23 @@ MODEL_HEADER = "X-Vapi-Bridge-Model"
 # ... and, when that was a fallback, the model the request asked for in this one.
 FALLBACK_HEADER = "X-Vapi-Bridge-Fallback-From"
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode`` for a chunk, without building a new C encoder on every call."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another interpreter): the plain encoder
+        return _ENCODER.encode
+    # No circular-reference markers: chunks come from json.loads and the stages, never cyclic;
+    # and without them the encoder keeps no state, so threads can share it.
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    return lambda chunk: "".join(encode(chunk, 0))
+
+
+_encode = _encoder()
 
 
 def frame(chunk: dict[str, Any]) -> bytes:
@@ -85,6 +101,72 @@ class Parser:
     def end(self) -> Event | None:
         """A stream that ends without the last blank line still dispatches what it held."""
         return self.feed("")
+
+
+class ByteParser:
+    """:class:`Parser`'s rules on raw bytes as they come off a socket, a block at a time.
+
+    The upstream reader's hot path: one split per block instead of a string decode and a
+    generator step per line. Lines end at CR, LF or CRLF (the SSE spec's only line ends; a
+    U+2028 inside a JSON string is text). Events come out as ``(event name, data)`` pairs of
+    bytes; comments are skipped.
+    """
+
+    __slots__ = ("_data", "_name", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[bytes] = []
+        self._name = b""
+
+    def feed(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The events that ``block`` completes (usually one, for one upstream chunk)."""
+        if (
+            block.startswith(b"data: ")
+            and block.find(b"\n") == len(block) - 2
+            and block.endswith(b"\n\n")
+            and not (self._rest or self._data or self._name)
+            and b"\r" not in block
+        ):
+            return [(b"", block[6:-2])]  # the usual block: exactly one one-line event
+        buf = self._rest + block if self._rest else block
+        if b"\r" in buf:
+            # A CR at the very end may be the first half of a CRLF: decide with the next block.
+            held = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = buf.split(b"\n")
+            if held:
+                lines.pop()
+                lines[-1] += b"\r"
+        else:
+            lines = buf.split(b"\n")
+        self._rest = lines.pop()
+        return self._lines(lines)
+
+    def end(self) -> list[tuple[bytes, bytes]]:
+        """The stream ended: an unterminated last line counts, and what is held is dispatched."""
+        rest, self._rest = self._rest, b""
+        lines = [rest[:-1] if rest.endswith(b"\r") else rest] if rest else []
+        return self._lines([*lines, b""])
+
+    def _lines(self, lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                    out.append((self._name, data))
+                    self._data = []
+                self._name = b""
+            elif line[0] != 58:  # b":" starts a comment
+                field, _, value = line.partition(b":")
+                if value[:1] == b" ":
+                    value = value[1:]
+                if field == b"data":
+                    self._data.append(value)
+                elif field == b"event":
+                    self._name = value
+        return out
 
 
 def events(lines: Iterable[str], *, comments: bool = False) -> Iterator[Event]:

@@ -51,10 +51,11 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = tuple(stages)
+        self._feeds = tuple(stage.feed for stage in self.stages)
 
     def feed(self, chunk: Any) -> Chunk | None:
-        for stage in self.stages:
-            chunk = stage.feed(chunk)
+        for feed in self._feeds:
+            chunk = feed(chunk)
             if chunk is None:
                 return None
         return chunk  # type: ignore[no-any-return]
@@ -94,40 +95,47 @@ class Normalise:
     def feed(self, chunk: Any) -> Chunk | None:
         if not isinstance(chunk, dict):
             raise UpstreamStreamBroken("SambaNova sent a stream event that is not a JSON object.")
-        if chunk.get("error") is not None:
+        get = chunk.get
+        if get("error") is not None:
             raise InBandError(f"SambaNova reported an error in its stream: {error_text(chunk)}")
-        usage = chunk.get("usage")
+        usage = get("usage")
         if isinstance(usage, dict):
             self.trace.usage = usage
-        choices = chunk.get("choices")
+        choices = get("choices")
         if not isinstance(choices, list):
             choices = []
         if not choices and not (usage and self.forward_usage):
             return None
-        chunk_id, model = chunk.get("id"), chunk.get("model")
+        chunk_id, model, created = get("id"), get("model"), get("created")
         out: Chunk = {
             "id": chunk_id if isinstance(chunk_id, str) else self.id,
             "object": "chat.completion.chunk",
-            "created": int_created(chunk.get("created"), self.created),
+            "created": created if type(created) is int else int_created(created, self.created),
             "model": model if isinstance(model, str) else self.model,
             "choices": [self._choice(c) for c in choices if isinstance(c, dict)],
         }
         if usage and self.forward_usage:
             out["usage"] = usage
-        if chunk.get("system_fingerprint"):
-            out["system_fingerprint"] = chunk["system_fingerprint"]
+        fingerprint = get("system_fingerprint")
+        if fingerprint:
+            out["system_fingerprint"] = fingerprint
         return out
 
     def flush(self) -> Chunk | None:
         return None
 
     def _choice(self, choice: dict[str, Any]) -> dict[str, Any]:
+        # The chunk is this stage's (it came from json.loads): its delta is reused, not copied.
         delta = choice.get("delta")
-        delta = dict(delta) if isinstance(delta, dict) else {}
+        if not isinstance(delta, dict):
+            delta = {}
         calls = delta.get("tool_calls")
-        if isinstance(calls, list) and calls:
-            delta["tool_calls"] = [self._tool_call(c) for c in calls if isinstance(c, dict)]
-            self._has_tool_calls = True
+        if calls:
+            if isinstance(calls, list):
+                delta["tool_calls"] = [self._tool_call(c) for c in calls if isinstance(c, dict)]
+                self._has_tool_calls = True
+            else:  # not a list of calls: nothing a client could read (and Collect would fail)
+                del delta["tool_calls"]
         finish = choice.get("finish_reason")
         if finish == "stop" and self._has_tool_calls:
             finish = "tool_calls"

@@ -363,6 +363,9 @@ class Turn:
         self.ctx.live.discard(self)
         if self._stream is not None:
             self._stream.close()
+        # The attempts hold this turn (through _params_for): a cycle that would keep the
+        # whole turn, its threads and its upstream response for the GC's next full pass.
+        self._attempts = None
         record.chunks = self.collect.chunks
         record.usage(self.trace.usage)
         record.think_ms = self.trace.think_ms

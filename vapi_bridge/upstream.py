@@ -15,10 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import re
 import socket
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import h11
 import httpx
 
 from vapi_bridge import sse
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from vapi_bridge.settings import Settings
 
 log = logging.getLogger("vapi_bridge")
+
+KEEPALIVE = 16
 
 
 class ChunkStream(Protocol):
@@ -83,8 +89,13 @@ class SambaNovaUpstream:
         self.base_url = base_url
         self.stall_timeout = stall_timeout
         self.connect_timeout = connect_timeout
+        # httpcore (1.0.x) walks every pooled connection for each idle one on every request
+        # and response close, and keeps idle connections only while the pool holds at most
+        # KEEPALIVE in all: a small pool keeps the upstream connection (and its TLS handshake)
+        # across turns at everyday concurrency without that walk growing with the square of
+        # the streams at a hundred (1.5 ms of CPU per request there with 200).
         http_client = httpx.Client(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=KEEPALIVE),
             timeout=self._timeout(15.0),
         )
         # x_api_key is passed explicitly: otherwise the SDK sends SAMBANOVA_API_KEY from the
@@ -201,37 +212,70 @@ def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
 
 
 class SSEStream:
-    """Reads SambaNova's SSE lines and yields each event's JSON; closing drops the connection."""
+    """Reads SambaNova's SSE body and yields each event's JSON; closing drops the connection.
+
+    Per chunk the read side is one ``recv``, one HTTP/1.1 parse step, one split of the bytes
+    into events (:class:`sse.ByteParser`) and one ``json`` parse. On the usual transport
+    (HTTP/1.1 over a plain or TLS socket) the body is read straight from httpcore's own
+    ``h11`` connection, skipping the seven generators httpx stacks on top of it; the
+    connection's state stays httpcore's, so it returns to the pool as usual. Any other
+    transport is read through httpx's public iterators.
+    """
 
     def __init__(self, context: Any, response: Any) -> None:
         self._context = context
         self._response = response
         self.rate = RateLimit.from_headers(response.headers)
+        self._wire = _Wire.of(response.http_response)
+        self._done = False
 
     def __iter__(self) -> Iterator[Any]:
+        parser = sse.ByteParser()
+        blocks = self._wire.blocks() if self._wire is not None else self._httpx_blocks()
         try:
-            for event in sse.events(self._response.iter_lines()):
-                if event.done:
+            while True:
+                block = next(blocks, None)
+                for name, data in parser.feed(block) if block is not None else parser.end():
+                    if data.startswith(b"[DONE]"):
+                        self._done = True
+                        return
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        text = data.decode("utf-8", "replace")
+                    try:
+                        parsed = json.loads(text)
+                    except ValueError:
+                        log.warning("SambaNova sent a data line that is not JSON; skipped it")
+                        continue
+                    if name == b"error":
+                        raise InBandError(
+                            f"SambaNova reported an error in its stream: {text[:300]}"
+                        )
+                    yield parsed
+                if block is None:
                     return
-                try:
-                    parsed = json.loads(event.data)
-                except ValueError:
-                    log.warning("SambaNova sent a data line that is not JSON; skipped it")
-                    continue
-                if event.event == "error":
-                    raise InBandError(
-                        f"SambaNova reported an error in its stream: {event.data[:300]}"
-                    )
-                yield parsed
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamStreamBroken(
                 "SambaNova stopped sending data mid-stream.", upstream_status=504
             ) from None
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError, h11.ProtocolError):
             raise UpstreamStreamBroken("The connection to SambaNova dropped mid-stream.") from None
 
+    def _httpx_blocks(self) -> Iterator[bytes]:
+        """The body's bytes through httpx (decompressed when the upstream compressed them)."""
+        http = self._response.http_response
+        encoding = http.headers.get("content-encoding", "identity").strip().lower()
+        return iter(http.iter_raw() if encoding == "identity" else http.iter_bytes())
+
     def close(self) -> None:
+        """Release the response; after a whole reply its connection goes back to the pool."""
+        if self._done and self._wire is not None:
+            self._wire.finish()
         self._context.__exit__(None, None, None)
+        # httpx's response and its body stream refer to each other: without this, the
+        # response (request, headers, SDK wrappers) waits for the GC's next full pass.
+        self._response.http_response.stream = _CLOSED
 
     def abort(self) -> None:
         """Shut the socket down: unlike close(), that wakes a read blocked in another thread."""
@@ -242,6 +286,206 @@ class SSEStream:
             return
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+_CLOSED = httpx.ByteStream(b"")
+
+
+class _Wire:
+    """The socket under an httpx response on httpcore's sync stack, and its ``h11`` state.
+
+    A chunked body (what an SSE stream is) is decoded here, a few slices per read; ``h11``
+    sees the bytes only where it needs them to stay in step with the connection: what it
+    already held with the headers, up to the first chunk boundary, and the body's end. The
+    connection's state is httpcore's throughout, so a whole body returns it to the pool.
+    Any other body is read through ``h11`` event by event, as httpcore would.
+    """
+
+    READ = 64 * 1024
+    # After [DONE] the body's last bytes are on their way; waiting this long for them keeps the
+    # connection (and, over TLS, its handshake) for the next turn. Vapi already has [DONE].
+    FINISH_WAIT = 0.05
+    # A body that never reaches a chunk boundary at the end of a read is not worth keeping
+    # the connection for.
+    CATCH_UP_MAX = 1 << 20
+
+    def __init__(
+        self, state: h11.Connection, sock: socket.socket, timeout: float | None, chunked: bool
+    ) -> None:
+        self.state = state
+        self.sock = sock
+        self.timeout = timeout
+        self.chunked = chunked
+        self.deadline = math.inf
+        self._blocks: Iterator[bytes] | None = None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Wire | None:
+        """The wire under ``response``, or ``None`` for any other transport (HTTP/2, a proxy
+        tunnel, a mock, compressed content): those are read through httpx's iterators."""
+        from httpcore._backends.sync import SyncStream
+        from httpcore._sync.http11 import HTTP11ConnectionByteStream
+
+        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            return None
+        stream: Any = response.stream
+        try:
+            stream = stream._stream._httpcore_stream._stream
+            if type(stream) is not HTTP11ConnectionByteStream:
+                return None
+            connection = stream._connection
+            state, network = connection._h11_state, connection._network_stream
+            timeout = response.request.extensions["timeout"]["read"]
+        except (AttributeError, KeyError, TypeError):
+            return None
+        if type(network) is not SyncStream or state.their_state is not h11.SEND_BODY:
+            return None
+        chunked = response.headers.get("transfer-encoding", "").strip().lower() == "chunked"
+        return cls(state, network._sock, timeout, chunked)
+
+    def blocks(self) -> Iterator[bytes]:
+        """The body's data as it arrives (one read timeout for the whole body)."""
+        self.sock.settimeout(self.timeout)
+        self._blocks = self._chunked() if self.chunked else self._events()
+        return self._blocks
+
+    def finish(self) -> None:
+        """Read the body's end if it comes within :attr:`FINISH_WAIT`; else leave it (the
+        connection is then closed, not reused)."""
+        if self._blocks is None:
+            return
+        self.deadline = time.monotonic() + self.FINISH_WAIT
+        try:
+            self.sock.settimeout(self.FINISH_WAIT)
+            for _ in self._blocks:
+                pass
+        except (OSError, h11.ProtocolError):
+            return
+
+    def _recv(self) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError
+        return self.sock.recv(self.READ)
+
+    def _events(self) -> Iterator[bytes]:
+        state = self.state
+        while True:
+            event = state.next_event()
+            if event is h11.NEED_DATA:
+                state.receive_data(self._recv())
+            elif type(event) is h11.Data:
+                yield bytes(event.data)
+            else:
+                return
+
+    def _chunked(self) -> Iterator[bytes]:
+        state, decoder = self.state, _Chunks()
+        held, _ = state.trailing_data  # body bytes that came with the headers: h11 has them
+        data = decoder.feed(held)
+        # h11 is fed what completes the chunk it holds part of, if any; after that a last
+        # chunk of its own stands for the rest of the body (h11 needs only the framing).
+        catch_up: bytearray | None = None if decoder.at_boundary else bytearray()
+        has_end = decoder.done
+        while True:
+            if data:
+                yield data
+            if decoder.done:
+                break
+            block = self._recv()
+            if not block:
+                raise h11.RemoteProtocolError(
+                    "peer closed connection without sending complete message body "
+                    "(incomplete chunked read)"
+                )
+            data = decoder.feed(block)
+            if catch_up is not None:
+                catch_up += block
+                if decoder.done:
+                    has_end = True
+                elif decoder.at_boundary:
+                    state.receive_data(bytes(catch_up))
+                    catch_up = None
+                elif len(catch_up) > self.CATCH_UP_MAX:
+                    return
+        if decoder.excess:
+            return  # bytes after the body: the connection is in no state to be reused
+        if catch_up is not None:
+            state.receive_data(bytes(catch_up))
+        elif not has_end:
+            state.receive_data(b"0\r\n\r\n")
+        with contextlib.suppress(h11.ProtocolError):
+            while type(state.next_event()) is h11.Data:
+                pass
+
+
+class _Chunks:
+    """HTTP/1.1 chunked transfer coding, decoded a read at a time (as ``h11`` parses it)."""
+
+    __slots__ = ("_buf", "_left", "_step", "done", "excess")
+
+    HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")
+    WHOLE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
+    LINE_MAX = 16 * 1024
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._left = 0  # chunk data still to come
+        self._step = "size"  # size | data | crlf | trailer
+        self.done = False
+        self.excess = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between two chunks (or past the last), with nothing half-read."""
+        return self.done or (self._step == "size" and not self._buf)
+
+    def feed(self, block: bytes) -> bytes:
+        """The chunk data ``block`` carries (the framing removed)."""
+        if self._step == "size" and not self._buf:
+            # The usual read: exactly one whole chunk.
+            match = self.WHOLE.match(block)
+            if match is not None:
+                start = match.end()
+                end = start + int(match[1], 16)
+                if start < end == len(block) - 2 and block.endswith(b"\r\n"):
+                    return block[start:end]
+        buf = self._buf + block if self._buf else block
+        out: list[bytes] = []
+        i, n = 0, len(buf)
+        while i < n and not self.done:
+            step = self._step
+            if step == "data":
+                end = min(n, i + self._left)
+                out.append(buf[i:end])
+                self._left -= end - i
+                i = end
+                if not self._left:
+                    self._step = "crlf"
+            elif step == "crlf":
+                if n - i < 2:
+                    break
+                if buf[i : i + 2] != b"\r\n":
+                    raise h11.RemoteProtocolError("malformed chunk footer")
+                i += 2
+                self._step = "size"
+            else:
+                end = buf.find(b"\r\n", i)
+                if end < 0:
+                    if n - i > self.LINE_MAX:
+                        raise h11.RemoteProtocolError("chunk header too long")
+                    break
+                line, i = buf[i:end], end + 2
+                if step == "trailer":
+                    self.done = not line
+                    continue
+                match = self.HEADER.fullmatch(line)
+                if match is None:
+                    raise h11.RemoteProtocolError(f"illegal chunk header: {line[:40]!r}")
+                self._left = int(match[1], 16)
+                self._step = "data" if self._left else "trailer"
+        self._buf = buf[i:]
+        self.excess = self.done and bool(self._buf)
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def open_upstream(settings: Settings) -> Upstream:

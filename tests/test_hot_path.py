@@ -1,0 +1,534 @@
+"""The per-chunk hot path: each fast path gives what the plain one gives.
+
+The upstream reader splits raw bytes into events (:class:`sse.ByteParser`) instead of going
+through text lines; these tests pin it to the SSE rules the line parser implements, and pin
+that the reader keeps the upstream connection for the next turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
+from tests.helpers import BridgeFactory, sse_events, vapi_request
+from vapi_bridge import sse, upstream
+from vapi_bridge.errors import InBandError, UpstreamStreamBroken
+from vapi_bridge.reasoning import ReasoningFilter
+from vapi_bridge.speech import SpeechFilter
+from vapi_bridge.stages import Collect, Normalise, Pipeline, Trace, error_text, int_created
+from vapi_bridge.upstream import SambaNovaUpstream
+
+PROPERTIES = settings(max_examples=300, deadline=None)
+DATA = Path(__file__).parent / "data"
+
+
+def reference_events(stream: bytes) -> list[tuple[str, str]]:
+    """The SSE spec's reading: lines end at CRLF, LF or CR; an unterminated last line counts."""
+    lines = re.split(r"\r\n|\r|\n", stream.decode())
+    if lines[-1] == "":
+        lines.pop()
+    return [(e.event, e.data) for e in sse.events(lines)]
+
+
+def byte_events(blocks: list[bytes]) -> list[tuple[str, str]]:
+    parser = sse.ByteParser()
+    found = [event for block in blocks for event in parser.feed(block)] + parser.end()
+    return [(name.decode(), data.decode()) for name, data in found]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+SSE_PIECES = st.sampled_from(
+    [
+        "data:",
+        "data: ",
+        "data",
+        "event: ",
+        "event:error",
+        ": a comment",
+        ":",
+        "id: 7",
+        "retry: 10",
+        '{"a": 1}',
+        "[DONE]",
+        "x",
+        " ",
+        "é",
+        "\u2028",
+        "\r",
+        "\n",
+        "\r\n",
+        "\n\n",
+    ]
+)
+
+
+@PROPERTIES
+@given(
+    pieces=st.lists(SSE_PIECES, max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_byte_parser_reads_any_split_as_the_line_parser_does(
+    pieces: list[str], cuts: list[int]
+) -> None:
+    stream = "".join(pieces).encode()
+    assert byte_events(split(stream, cuts)) == reference_events(stream)
+
+
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        (b"data: a\n\n", [("", "a")]),
+        (b"data: a\r\n\r\ndata: b\r\r", [("", "a"), ("", "b")]),
+        (b"event: error\ndata: x\ndata: y\n\n", [("error", "x\ny")]),
+        (b": keep-alive\n\ndata:a\n\n", [("", "a")]),
+        (b"data: unterminated", [("", "unterminated")]),
+        (b"data: cr at the end\r", [("", "cr at the end")]),
+        ("data: a\u2028b\n\n".encode(), [("", "a\u2028b")]),
+    ],
+)
+def test_byte_parser_cases(stream: bytes, events: list[tuple[str, str]]) -> None:
+    assert byte_events([stream]) == events
+    assert byte_events([stream[i : i + 1] for i in range(len(stream))]) == events
+    per_event = [part + b"\n\n" for part in stream.split(b"\n\n")]
+    per_event[-1] = per_event[-1][:-2]
+    assert byte_events(per_event) == events, "one block per event (the usual read)"
+
+
+def test_a_line_separator_inside_json_text_is_relayed(
+    bridge_factory_and_fake: tuple[BridgeFactory, FakeSambaNova],
+) -> None:
+    """U+2028 is legal unescaped in JSON; an SSE line end it is not (it used to cut the chunk
+    in two, and the chunk was skipped as not JSON)."""
+    start_bridge, fake = bridge_factory_and_fake
+    odd = "data: " + json.dumps(chunk({"content": "one\u2028two "}), ensure_ascii=False)
+    fake.push(Script(chunks=[odd, *text_chunks()]))
+    events = sse_events(start_bridge().post(vapi_request()))
+    heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+    assert heard.startswith("one\u2028two Sure")
+
+
+@pytest.fixture
+def bridge_factory_and_fake(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> tuple[BridgeFactory, FakeSambaNova]:
+    return start_bridge, fake
+
+
+class CountingProxy:
+    """A TCP forwarder in front of the fake that counts the connections made through it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            server = socket.create_connection(("127.0.0.1", self.port))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(fake: FakeSambaNova) -> Iterator[CountingProxy]:
+    port = int(fake.base_url.rsplit(":", 1)[1].split("/")[0])
+    counting = CountingProxy(port)
+    yield counting
+    counting.close()
+
+
+def test_streamed_turns_reuse_the_upstream_connection(
+    start_bridge: BridgeFactory, proxy: CountingProxy
+) -> None:
+    """After [DONE] the reader takes the body's last bytes, so the connection (over TLS: its
+    handshake) serves the next turn instead of being closed."""
+    bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=proxy.url))
+    for _ in range(3):
+        events = sse_events(bridge.post(vapi_request()))
+        assert events[-1] == "[DONE]" and len(events) > 2
+    assert proxy.accepted == 1
+
+
+# Framing: the encoder built once gives the bytes the stdlib encoder gives.
+
+_STDLIB = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+json_objects = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        json_leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+        max_leaves=12,
+    ),
+    max_size=6,
+)
+
+
+@PROPERTIES
+@given(json_objects)
+def test_frame_is_the_stdlib_encoding(chunk_: dict[str, object]) -> None:
+    assert sse.frame(chunk_) == b"data: " + _STDLIB.encode(chunk_).encode() + b"\n\n"
+
+
+# The stages: Normalise reuses the chunk json.loads gave it; what comes out is what the
+# copying version gave, through the whole default pipeline, frame for frame.
+
+
+class CopyingNormalise(Normalise):
+    """Normalise as it was: every delta and choice copied (the reference)."""
+
+    def feed(self, chunk: Any) -> Any:
+        if not isinstance(chunk, dict):
+            raise UpstreamStreamBroken("SambaNova sent a stream event that is not a JSON object.")
+        if chunk.get("error") is not None:
+            raise InBandError(f"SambaNova reported an error in its stream: {error_text(chunk)}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.trace.usage = usage
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            choices = []
+        if not choices and not (usage and self.forward_usage):
+            return None
+        chunk_id, model = chunk.get("id"), chunk.get("model")
+        out = {
+            "id": chunk_id if isinstance(chunk_id, str) else self.id,
+            "object": "chat.completion.chunk",
+            "created": int_created(chunk.get("created"), self.created),
+            "model": model if isinstance(model, str) else self.model,
+            "choices": [self._copied(c) for c in choices if isinstance(c, dict)],
+        }
+        if usage and self.forward_usage:
+            out["usage"] = usage
+        if chunk.get("system_fingerprint"):
+            out["system_fingerprint"] = chunk["system_fingerprint"]
+        return out
+
+    def _copied(self, choice: dict[str, Any]) -> dict[str, Any]:
+        delta = choice.get("delta")
+        return self._choice({**choice, "delta": dict(delta) if isinstance(delta, dict) else {}})
+
+
+def pipeline(normalise: type[Normalise], forward_usage: bool) -> tuple[Pipeline, Collect, Trace]:
+    trace = Trace(started=0.0)
+    first = normalise(trace, model="m", forward_usage=forward_usage)
+    first.id, first.created = "chatcmpl-fixed", 1700000000
+    collect = Collect(trace)
+    return Pipeline([first, ReasoningFilter(trace), SpeechFilter(trace), collect]), collect, trace
+
+
+def run(stream: list[Any], normalise: type[Normalise], forward_usage: bool) -> list[Any]:
+    """Frames (or the error) and what Collect gathered; each chunk as json.loads would give it."""
+    line, collect, trace = pipeline(normalise, forward_usage)
+    out: list[Any] = []
+    try:
+        for item in stream:
+            chunk_ = line.feed(json.loads(json.dumps(item)))
+            out.append(None if chunk_ is None else sse.frame(chunk_))
+        out += [sse.frame(held) for held in line.flush()]
+    except (InBandError, UpstreamStreamBroken) as exc:
+        out.append(exc.message)
+    calls = [(c.id, c.name, c.arguments) for c in collect.tool_calls.complete()]
+    trace.think_ms = None if trace.think_ms is None else 0.0
+    return [*out, collect.text, calls, collect.finish_reason, trace.reasoning, trace.usage]
+
+
+MISSING = object()
+texts = st.sampled_from(["", "Hi", " there", "<think>", "hm</think> ok", "**bold**", "a\n- b"])
+tool_call = st.fixed_dictionaries(
+    {},
+    optional={
+        "index": st.sampled_from([0, 1, "0", None]),
+        "id": st.sampled_from(["call_1", "call_2", None]),
+        "type": st.just("function"),
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": st.sampled_from(["book", ""]), "arguments": texts}
+        ),
+    },
+)
+delta = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.just("assistant"),
+        "content": texts | st.none() | st.just(3),
+        "reasoning": texts,
+        "reasoning_content": texts,
+        "channel": st.sampled_from(["analysis", "final", None]),
+        "tool_calls": st.lists(tool_call, max_size=2) | st.none() | st.just("x"),
+    },
+)
+choice: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {},
+    optional={
+        "delta": delta | st.none() | st.just([]),
+        "finish_reason": st.sampled_from([None, "stop", "length", "tool_calls"]),
+        "index": st.sampled_from([0, 1]),
+        "logprobs": st.sampled_from([None, {"content": []}]),
+    },
+)
+upstream_chunk = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": st.lists(choice | st.just("x"), max_size=2) | st.none() | st.just({}),
+        "created": st.sampled_from([1771518114, 1771518114.7, True, None, "1"]),
+        "id": st.sampled_from(["283ffbf5", None, 7]),
+        "model": st.sampled_from(["Meta-Llama-3.3-70B-Instruct", None]),
+        "object": st.just("chat.completion.chunk"),
+        "system_fingerprint": st.sampled_from(["fastcoe", "", None]),
+        "usage": st.sampled_from([None, {"total_tokens": 3}, {}]),
+        "error": st.sampled_from([None, {"message": "queue is full"}]),
+    },
+)
+
+
+@PROPERTIES
+@given(st.lists(upstream_chunk, min_size=1, max_size=6), st.booleans())
+def test_normalise_in_place_equals_copying(stream: list[Any], forward_usage: bool) -> None:
+    assert run(stream, Normalise, forward_usage) == run(stream, CopyingNormalise, forward_usage)
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["sambanova_stream.sse", "sambanova_stream_gptoss.sse", "sambanova_stream_think.sse"],
+)
+def test_recorded_streams_frame_alike(fixture: str) -> None:
+    lines = (DATA / fixture).read_text().splitlines()
+    stream = [json.loads(e.data) for e in sse.events(lines) if not e.done]
+    for forward_usage in (False, True):
+        expected = run(stream, CopyingNormalise, forward_usage)
+        assert run(stream, Normalise, forward_usage) == expected
+
+
+# The chunked body: decoded by the reader itself; h11 is kept in step so the connection
+# serves the next turn.
+
+
+def chunked(payloads: list[bytes], ext: str = "", trailer: bytes = b"") -> bytes:
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext.encode(), p) for p in payloads)
+    return body + b"0\r\n" + trailer + b"\r\n"
+
+
+@PROPERTIES
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    ext=st.sampled_from(["", ";x=1", ";name", " "]),
+    trailer=st.sampled_from([b"", b"X-Check: 1\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+def test_chunk_decoder_reads_any_split(
+    payloads: list[bytes], ext: str, trailer: bytes, cuts: list[int]
+) -> None:
+    body = chunked(payloads, ext, trailer)
+    whole_chunks = [chunked([p], ext)[:-5] for p in payloads] + [b"0\r\n" + trailer + b"\r\n"]
+    for blocks in (split(body, cuts), whole_chunks):
+        decoder = upstream._Chunks()
+        assert b"".join(decoder.feed(block) for block in blocks) == b"".join(payloads)
+        assert decoder.done and decoder.at_boundary and not decoder.excess
+
+
+@pytest.mark.parametrize("body", [b"zz\r\nab\r\n", b"2\r\nabXX", b"-2\r\n", b"1" * 30 + b"\r\n"])
+def test_chunk_decoder_rejects_bad_framing(body: bytes) -> None:
+    with pytest.raises(h11.RemoteProtocolError):
+        upstream._Chunks().feed(body)
+
+
+def test_chunk_decoder_notices_bytes_after_the_body() -> None:
+    decoder = upstream._Chunks()
+    assert decoder.feed(chunked([b"hi"]) + b"HTTP/1.1") == b"hi"
+    assert decoder.done and decoder.excess
+
+
+class RawUpstream:
+    """A bare HTTP/1.1 server at the network boundary: each response is written as the
+    given pieces (headers and body bytes grouped at odd places), on keep-alive connections.
+    With ``gate``, each piece after the first waits for it to be set (and clears it)."""
+
+    def __init__(self, pieces: list[bytes], gate: threading.Event | None = None) -> None:
+        self.pieces = pieces
+        self.gate = gate
+        self.connections = 0
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = conn.makefile("rb")
+        with contextlib.suppress(OSError), conn, reader:
+            while True:
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if not line:
+                    return
+                reader.read(length)
+                self.requests += 1
+                for i, piece in enumerate(self.pieces):
+                    if i and self.gate is not None:
+                        assert self.gate.wait(10), "the test never opened the gate"
+                        self.gate.clear()
+                    conn.sendall(piece)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse_body(texts: list[str]) -> bytes:
+    events = [f"data: {json.dumps(c)}\n\n".encode() for c in text_chunks(texts)]
+    return chunked([*events, b"data: [DONE]\n\n"])
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 40, 200, -9, -3])
+def test_a_body_cut_anywhere_relays_whole_and_keeps_the_connection(
+    start_bridge: BridgeFactory, cut: int
+) -> None:
+    """Headers and body bytes arrive grouped in any way (the first chunk with the headers,
+    half of it, the end split); each reply is whole and the connection serves the next."""
+    body = sse_body(["Sure", "! Let me", " check."])
+    raw = RawUpstream([HEAD + body[:cut], body[cut:]])
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(3):
+            events = sse_events(bridge.post(vapi_request()))
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.requests == 3 and raw.connections == 1
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("into", [1, 5, 60])
+def test_a_chunk_split_after_the_headers_keeps_the_connection(
+    start_bridge: BridgeFactory, into: int
+) -> None:
+    """The headers come with a whole chunk and part of the next, whose rest comes once the
+    first is relayed, then the rest of the body. h11 held that part: it is fed up to that
+    chunk's end and a last chunk of its own, so the connection serves the next turn."""
+    body = sse_body(["Sure", "! Let me", " check."])
+    ends = [m.end() for m in re.finditer(rb"\n\n\r\n", body)]
+    gate = threading.Event()
+    pieces = [HEAD + body[: ends[0] + into], body[ends[0] + into : ends[1]], body[ends[1] :]]
+    raw = RawUpstream(pieces, gate)
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(2):
+            with httpx.stream(
+                "POST",
+                bridge.url + "/chat/completions",
+                json=vapi_request(),
+                headers=bridge.headers(),
+                timeout=10,
+            ) as response:
+                data = []
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        data.append(line)
+                        gate.set()
+            heard = "".join(
+                json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                for line in data[:-1]
+            )
+            assert heard == "Sure! Let me check." and data[-1] == "data: [DONE]"
+        assert raw.requests == 2 and raw.connections == 1
+    finally:
+        raw.close()
+
+
+def events_body(texts: list[str]) -> bytes:
+    return (
+        b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in text_chunks(texts))
+        + b"data: [DONE]\n\n"
+    )
+
+
+@pytest.mark.parametrize("framing", ["content-length", "gzip"])
+def test_other_bodies_go_the_general_way(start_bridge: BridgeFactory, framing: str) -> None:
+    """A body with a length (h11 event by event) or compressed (httpx's decoding iterators)
+    relays the same reply."""
+    plain = events_body(["Sure", "! Let me", " check."])
+    if framing == "gzip":
+        head = HEAD.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
+        packed = gzip.compress(plain)
+        body = chunked([packed[:20], packed[20:]])
+    else:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(plain)
+        body = plain
+    raw = RawUpstream([head + body[:7], body[7:]])
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(2):
+            events = sse_events(bridge.post(vapi_request()))
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.requests == 2
+        if framing == "content-length":
+            assert raw.connections == 1, "h11 read to the body's end: the connection is kept"
+    finally:
+        raw.close()
