@@ -8,6 +8,7 @@ that the reader keeps the upstream connection for the next turn.
 from __future__ import annotations
 
 import contextlib
+import gc
 import gzip
 import json
 import re
@@ -532,3 +533,16 @@ def test_other_bodies_go_the_general_way(start_bridge: BridgeFactory, framing: s
             assert raw.connections == 1, "h11 read to the body's end: the connection is kept"
     finally:
         raw.close()
+
+
+def test_a_serving_process_makes_full_collections_rare(start_bridge: BridgeFactory) -> None:
+    """A full GC pass walks every live stream's objects with the GIL held; serving makes it
+    ten times rarer and leaves the young generations (the per-chunk garbage) alone."""
+    before = gc.get_threshold()
+    young, middle, _ = before
+    try:
+        gc.set_threshold(young, middle, 10)
+        start_bridge()
+        assert gc.get_threshold() == (young, middle, 100)
+    finally:
+        gc.set_threshold(*before)

@@ -155,6 +155,7 @@ def main(argv: list[str]) -> None:
     from vapi_bridge.app import bridge_of, create_app
     from vapi_bridge.errors import BridgeError
     from vapi_bridge.metrics import mark_process_dead
+    from vapi_bridge.server import quiet_gc
 
     fd, report_fd, settings_file = int(argv[0]), int(argv[1]), Path(argv[2])
     settings = from_json(settings_file.read_text(encoding="utf-8"))
@@ -166,6 +167,7 @@ def main(argv: list[str]) -> None:
             os.write(report_fd, (json.dumps(fields) + "\n").encode())
 
     def on_worker_ready(worker: Any) -> None:
+        quiet_gc()  # each worker relays as the single process does
         bridge = bridge_of(worker.wsgi)
         previous = signal.getsignal(signal.SIGTERM)
 
