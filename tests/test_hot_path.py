@@ -126,6 +126,23 @@ def test_a_line_separator_inside_json_text_is_relayed(
     assert heard.startswith("one\u2028two Sure")
 
 
+def test_an_emoji_split_across_chunks_is_relayed_as_sent(
+    bridge_factory_and_fake: tuple[BridgeFactory, FakeSambaNova],
+) -> None:
+    """An upstream that escapes non-ASCII and splits an emoji's surrogate pair across two
+    chunks sends halves with no UTF-8 form: they go on escaped, and the reply is not cut."""
+    start_bridge, fake = bridge_factory_and_fake
+    halves = [
+        "data: " + json.dumps(chunk({"content": "Hi "})).replace("Hi ", "Hi \\ud83d"),
+        "data: " + json.dumps(chunk({"content": " there"})).replace(" there", "\\ude00 there"),
+    ]
+    fake.push(Script(chunks=[*halves, *text_chunks()]))
+    response = start_bridge().post(vapi_request())
+    assert "\\ud83d" in response.text and "\\ude00" in response.text
+    assert sse.CUT_PREFIX not in response.text
+    assert response.text.rstrip().endswith("data: [DONE]")
+
+
 @pytest.fixture
 def bridge_factory_and_fake(
     start_bridge: BridgeFactory, fake: FakeSambaNova

@@ -28,6 +28,7 @@ MODEL_HEADER = "X-Vapi-Bridge-Model"
 FALLBACK_HEADER = "X-Vapi-Bridge-Fallback-From"
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"))
 
 
 def _encoder() -> Callable[[Any], str]:
@@ -48,7 +49,12 @@ _encode = _encoder()
 
 def frame(chunk: dict[str, Any]) -> bytes:
     """One SSE event holding ``chunk`` as JSON."""
-    return b"data: " + _encode(chunk).encode("utf-8") + b"\n\n"
+    try:
+        return b"data: " + _encode(chunk).encode("utf-8") + b"\n\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (an emoji's escaped half, split across two upstream chunks) has no
+        # UTF-8 form: escaped, as the upstream sent it, it is still valid JSON for the client.
+        return b"data: " + _ENCODER_ASCII.encode(chunk).encode("ascii") + b"\n\n"
 
 
 def cut_comment(outcome: str) -> bytes:
