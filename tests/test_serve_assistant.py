@@ -80,3 +80,49 @@ def test_assistant_flags_need_their_key_and_each_other() -> None:
     assert no_key.returncode == 2 and "configure-key --vapi" in no_key.stderr
     alone = run_cli("serve", "--demo", "--no-tunnel", "--keep-assistant")
     assert alone.returncode == 2 and "--keep-assistant needs --assistant" in alone.stderr
+
+
+def test_serve_oauth_wires_the_oauth2_credential_vapi_then_uses(
+    fake: FakeSambaNova, tmp_path: Path
+) -> None:
+    client_id, client_secret = "vb_client_test", "vb_oauth_secret_0123456789abcdef"
+    with FakeVapi() as vapi:
+        riley = vapi.add(name="Riley", model=copy.deepcopy(MODEL))["id"]
+        env, args, _ = tunnel_env(fake, tmp_path)
+        env = {
+            **env,
+            **vapi_env(vapi),
+            "FAKE_NGROK_HOST": "riley-test.ngrok-free.app",
+            "VAPI_BRIDGE_OAUTH_CLIENT_ID": client_id,
+            "VAPI_BRIDGE_OAUTH_CLIENT_SECRET": client_secret,
+        }
+        with Serve(*args, "--assistant", riley, "--oauth", env=env) as serve:
+            public = serve.stdout_line()
+            serve.wait_stderr(lambda line: "now uses this bridge" in line)
+            wired = vapi.get(riley)
+            (credential,) = [c for c in wired["credentials"] if c["provider"] == "custom-llm"]
+            plan = credential["authenticationPlan"]
+            assert plan == {
+                "type": "oauth2",
+                "url": public + "/oauth/token",
+                "clientId": client_id,
+                "clientSecret": client_secret,
+            }
+            # What Vapi does with the plan: a token from the token URL, then the chat with it.
+            tunnel_side = public.replace("riley-test.ngrok-free.app", "127.0.0.1")
+            token = httpx.post(
+                plan["url"].replace(public, tunnel_side),
+                data={"grant_type": "client_credentials"},
+                auth=(plan["clientId"], plan["clientSecret"]),
+            ).json()["access_token"]
+            reply = httpx.post(
+                tunnel_side + "/chat/completions",
+                json=vapi_request(),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert reply.status_code == 200
+            assert serve.stop("SIGINT") == 0
+        restored = vapi.get(riley)
+        assert restored["model"] == MODEL
+        assert not any(c.get("provider") == "custom-llm" for c in restored.get("credentials", []))
+        assert client_secret not in serve.stderr + "".join(serve.err_lines)

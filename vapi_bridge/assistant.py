@@ -2,7 +2,8 @@
 
 :func:`wire` first saves the assistant's own ``model`` and ``credentials`` in a ``0600`` file
 in the bridge's home, then switches the model to ``custom-llm`` at the bridge's URL, keeping
-its prompt, tools and settings, with a custom-llm credential holding the bridge key.
+its prompt, tools and settings, with a custom-llm credential holding the bridge key (and,
+with ``serve --oauth``, the OAuth2 plan Vapi then fetches its tokens with).
 :func:`restore` puts the saved original back and deletes the file.
 
 The bridge never saves its own configuration as the original. When the assistant already
@@ -161,11 +162,37 @@ def bridge_model(
     return new, tuple(sorted(dropped))
 
 
-def bridge_credentials(current: Any, bridge_key: str | None) -> list[Any]:
-    """The assistant's credentials with its custom-llm one replaced by the bridge key's."""
+@dataclass(frozen=True)
+class OAuthClient:
+    """The OAuth2 client (``serve --oauth``) Vapi fetches its tokens with."""
+
+    client_id: str
+    client_secret: str
+
+    def plan(self, base_url: str) -> dict[str, str]:
+        """Vapi's ``OAuth2AuthenticationPlan`` for the bridge at ``base_url``."""
+        return {
+            "type": "oauth2",
+            "url": base_url + "/oauth/token",
+            "clientId": self.client_id,
+            "clientSecret": self.client_secret,
+        }
+
+
+def bridge_credentials(
+    current: Any, bridge_key: str | None, *, oauth: OAuthClient | None = None, url: str = ""
+) -> list[Any]:
+    """The assistant's credentials with its custom-llm one replaced by the bridge's: the
+    bridge key, and with ``oauth`` the OAuth2 plan Vapi then authenticates with (Vapi's
+    schema asks for an ``apiKey`` beside the plan; the bridge key, still valid, is it)."""
     others = [c for c in (current if isinstance(current, list) else []) if not _is_custom(c)]
+    credential: dict[str, Any] = {"provider": CUSTOM_LLM, "name": "vapi-bridge"}
     if bridge_key:
-        others.append({"provider": CUSTOM_LLM, "apiKey": bridge_key, "name": "vapi-bridge"})
+        credential["apiKey"] = bridge_key
+    if oauth is not None:
+        credential["authenticationPlan"] = oauth.plan(url)
+    if len(credential) > 2:
+        others.append(credential)
     return others
 
 
@@ -197,6 +224,7 @@ def wire(
     url: str,
     model: str,
     bridge_key: str | None,
+    oauth: OAuthClient | None = None,
     headers: Mapping[str, str] | None = None,
     home: Path,
 ) -> WiredAssistant:
@@ -211,6 +239,8 @@ def wire(
             hint="Wire the assistant once the tunnel is open, or pass --public-url.",
         )
     secrets = [bridge_key] if bridge_key else []
+    if oauth is not None:
+        secrets.append(oauth.client_secret)
     try:
         current = client.get_assistant(assistant_id)
         secrets += _credential_secrets(current.get("credentials"))
@@ -224,7 +254,9 @@ def wire(
             _write(home, assistant_id, saved)
         patch = {
             "model": new_model,
-            "credentials": bridge_credentials(current.get("credentials"), bridge_key),
+            "credentials": bridge_credentials(
+                current.get("credentials"), bridge_key, oauth=oauth, url=url
+            ),
         }
         try:
             client.update_assistant(assistant_id, patch)
@@ -445,6 +477,7 @@ class Link:
         model: str,
         keep: bool = False,
         headers: Mapping[str, str] | None = None,
+        oauth: OAuthClient | None = None,
     ) -> None:
         if not api_key:
             raise ConfigError(
@@ -457,6 +490,7 @@ class Link:
         self.model = model
         self.keep = keep
         self.headers = headers
+        self.oauth = oauth
         self._key = api_key
         self._base_url = base_url
         self._client: VapiClient | None = None
@@ -477,6 +511,7 @@ class Link:
                 url=public_url,
                 model=self.model,
                 bridge_key=bridge_key,
+                oauth=self.oauth,
                 headers=self.headers,
                 home=self.home,
             )

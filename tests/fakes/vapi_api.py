@@ -277,3 +277,9 @@ def _credential_problems(credentials: Any) -> Iterator[str]:
             credential.get("apiKey"), str
         ):
             yield f"credentials.{i}.apiKey must be a string"
+        elif "authenticationPlan" in credential:
+            plan = credential["authenticationPlan"]
+            if not isinstance(plan, dict) or plan.get("type") != "oauth2":
+                yield f"credentials.{i}.authenticationPlan.type must be one of: oauth2"
+            elif not all(isinstance(plan.get(k), str) for k in ("url", "clientId", "clientSecret")):
+                yield f"credentials.{i}.authenticationPlan needs url, clientId and clientSecret"
