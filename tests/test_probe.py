@@ -328,6 +328,20 @@ def test_server_text_cannot_break_the_terminal_or_the_summary(scripted: Scripted
     assert "[/bold]" in out.getvalue() and "\x1b" not in out.getvalue()
 
 
+def test_an_emoji_split_across_chunks_shows_whole(scripted: ScriptedServer) -> None:
+    shown: list[str] = []
+    scripted.answer = Answer(
+        sse_body(
+            chunk({"content": "Hi \ud83d"}),
+            chunk({"content": "\ude00 there"}),
+            chunk({"content": ""}, "stop"),
+        )
+    )
+    result = probe.run(scripted.url, secret=None, on_text=shown.append)
+    assert "".join(shown) == "Hi \U0001f600 there"
+    assert not result.violations
+
+
 # Any JSON value in place of any part of a chunk: violations, never an exception ---------------
 
 json_values = st.recursive(

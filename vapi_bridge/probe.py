@@ -333,8 +333,10 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _clean(text: str) -> str:
-    """Server text made safe for a terminal: no control sequences, no unencodable halves."""
-    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
+    """Server text made safe for a terminal: no control sequences, no unencodable halves
+    (the two halves of a pair are the one character they make)."""
+    paired = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", paired))
 
 
 def _clean_line(text: str) -> str:
@@ -373,6 +375,8 @@ class _Judge:
         self.reasoning_fields: set[str] = set()
         self._text_at: list[float] = []
         self._later_chars = 0
+        # The first half of a surrogate pair ending one chunk waits for the second.
+        self._half = ""
 
     # A stream ---------------------------------------------------------------------------------
 
@@ -532,7 +536,11 @@ class _Judge:
         if _TAGS.sub("", content).strip():
             self._spoke(now)
         if self.on_text is not None:
-            self.on_text(_clean(content))
+            text, self._half = self._half + content, ""
+            if "\ud800" <= text[-1] <= "\udbff":
+                text, self._half = text[:-1], text[-1]
+            if text:
+                self.on_text(_clean(text))
 
     def _spoke(self, at: float | None = None) -> None:
         if self.result.ttfs_s is None:
@@ -552,6 +560,8 @@ class _Judge:
 
     def finish(self) -> None:
         """Settle the verdict once the reply (or the failure) is in."""
+        if self._half and self.on_text is not None:
+            self.on_text(_clean(self._half))
         result = self.result
         result.tool_calls = [call.as_dict() for call in self.calls.complete()]
         if result.error is None:
