@@ -563,3 +563,30 @@ def test_a_serving_process_makes_full_collections_rare(start_bridge: BridgeFacto
         assert gc.get_threshold() == (young, middle, 100)
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_end_of_a_streamed_reply_goes_out_with_its_last_frame(
+    bridge_factory_and_fake: tuple[BridgeFactory, FakeSambaNova],
+) -> None:
+    """OpenAI's clients read to the end of the HTTP message after ``[DONE]``; werkzeug then
+    waits for stray request bytes (here, until the client closes), and the end must not wait
+    in the write buffer with it."""
+    start_bridge, _ = bridge_factory_and_fake
+    bridge = start_bridge()
+    body = json.dumps(vapi_request()).encode()
+    host, port = bridge.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while b"data: [DONE]" not in received:
+            received += sock.recv(65536)
+        sock.sendall(b"x")
+        while not received.endswith(b"0\r\n\r\n"):
+            block = sock.recv(65536)
+            assert block, "the connection closed before the chunked body's end"
+            received += block

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import signal
 import socket
@@ -93,6 +94,24 @@ class InFlight:
             return self._idle.wait_for(lambda: self.count == 0, timeout)
 
 
+class EndFlushingWriter(io.BufferedWriter):
+    """A buffered socket writer that sends a chunked body's end at once.
+
+    werkzeug writes ``0\r\n\r\n`` after the last chunk, then waits 10 ms for stray request
+    bytes before it closes the connection; buffered, the end would wait with it, and a client
+    that reads to the end of the message (OpenAI's SDKs do, after ``[DONE]``) would end every
+    turn 10 ms late.
+    """
+
+    END = b"0\r\n\r\n"
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        if data == self.END:
+            self.flush()
+        return written
+
+
 class BridgeServer:
     """A bound, threaded HTTP server for the bridge app."""
 
@@ -127,6 +146,7 @@ class BridgeServer:
 
             def setup(self) -> None:
                 super().setup()
+                self.wfile = EndFlushingWriter(self.wfile.detach(), self.wbufsize)
                 with contextlib.suppress(OSError):
                     self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
