@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from tests.helpers import SECRET, BridgeFactory, LogCapture, RunningBridge, vapi
 from tests.process import Serve
 from vapi_bridge import probe, sse
 from vapi_bridge.stages import Collect, Normalise, Pipeline, Trace
+from vapi_bridge.turn import LiveTurns
 
 
 def test_a_stalled_stream_still_ends_cleanly_when_the_grace_period_ends(
@@ -145,3 +147,46 @@ def test_a_connection_waiting_in_the_accept_queue_at_stop_is_answered(
     stopper.join(10)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert b"data: [DONE]" in reply
+
+
+class _Deadline:
+    """A turn as the watchdog sees it: a deadline, and a call when it passes."""
+
+    def __init__(self) -> None:
+        self.abort_reason: str | None = None
+        self.at = float("inf")
+        self.expired = threading.Event()
+
+    def due(self) -> float:
+        return self.at
+
+    def expire(self, now: float) -> None:
+        self.abort_reason = "stall"
+        self.expired.set()
+
+
+def _watched(live: LiveTurns) -> _Deadline:
+    turn = _Deadline()
+    live.add(turn)  # type: ignore[arg-type]
+    # The watchdog is asleep until its next look (at most the stall limit away).
+    deadline = time.monotonic() + 5
+    while live._wakes_at == float("-inf") and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    return turn
+
+
+def test_the_watchdog_wakes_for_a_deadline_sooner_than_its_next_look() -> None:
+    live = LiveTurns(stall_timeout=60)
+    turn = _watched(live)
+    turn.at = time.monotonic() + 0.1
+    live.watch(turn)  # type: ignore[arg-type]
+    assert turn.expired.wait(5)
+
+
+def test_a_deadline_no_one_announced_is_caught_within_the_stall_limit() -> None:
+    # Stall deadlines move with every chunk and are never announced: the watchdog's sleep,
+    # never longer than the stall limit, is what catches them.
+    live = LiveTurns(stall_timeout=0.5)
+    turn = _watched(live)
+    turn.at = time.monotonic() + 0.2
+    assert turn.expired.wait(5)

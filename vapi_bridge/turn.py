@@ -424,6 +424,10 @@ class LiveTurns:
         self._turns: set[Turn] = set()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        # When the watchdog will look next (-inf while it is looking). It never sleeps longer
+        # than the stall limit, so a stall deadline (set at a chunk, always a stall limit
+        # away) never needs to wake it: no thread switch on the way to a first frame.
+        self._wakes_at = -math.inf
 
     def add(self, turn: Turn) -> None:
         with self._changed:
@@ -437,11 +441,16 @@ class LiveTurns:
                     target=self._watch, name="vapi-bridge-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._changed.notify()
+            self._wake_if_sooner(turn)
 
     def watch(self, turn: Turn) -> None:
-        """``turn`` now has a deadline (its first token came): let the watchdog see it."""
+        """``turn`` has a new deadline (an attempt began, its first token came): wake the
+        watchdog only if it would otherwise look too late."""
         with self._changed:
+            self._wake_if_sooner(turn)
+
+    def _wake_if_sooner(self, turn: Turn) -> None:
+        if turn.abort_reason is None and turn.due() < self._wakes_at:
             self._changed.notify()
 
     def discard(self, turn: Turn) -> None:
@@ -469,7 +478,9 @@ class LiveTurns:
                 expired = [t for due, t in pending if due <= now]
                 if not expired:
                     soonest = min((due for due, _ in pending), default=math.inf)
-                    self._changed.wait(None if soonest == math.inf else soonest - now)
+                    self._wakes_at = min(soonest, now + self.stall_timeout)
+                    self._changed.wait(self._wakes_at - now)
+                    self._wakes_at = -math.inf
                     continue
             for turn in expired:
                 turn.expire(now)
