@@ -28,9 +28,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Sockets bound for closed_port(), held for the whole run.
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nobody listens on (connections are refused at once)."""
-    return free_port()
+    """A loopback port nobody listens on (connections are refused at once).
+
+    The port stays bound, never listening, until the run ends: a port merely freed could be
+    taken by another socket, or picked as a client's own source port (a self-connection).
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return int(sock.getsockname()[1])
 
 
 class Serve:
