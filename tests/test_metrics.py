@@ -220,6 +220,11 @@ def metrics_dir_of(pid: int) -> Path:
     return Path(entry.split(b"=", 1)[1].decode())
 
 
+def parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+
+
 def chats_served_by(pid: int, shared: Path) -> float:
     """The chat requests one worker counted, read from its own file in the shared directory."""
     counters = shared / f"counter_{pid}.db"
@@ -263,7 +268,9 @@ def test_workers_add_up_their_metrics_and_clean_up(fake: FakeSambaNova) -> None:
         serve.wait_stderr(lambda line: "Try it" in line)
         marker = f"workers-{serve.proc.pid}.json"
         assert wait_until(lambda: len(processes_with(marker)) == 3), "a master, two workers"
-        master, *workers = sorted(processes_with(marker))
+        # By parent, not by number: pids wrap around (at 32768 on many Linux machines).
+        (master,) = [pid for pid in processes_with(marker) if parent_of(pid) == serve.proc.pid]
+        workers = [pid for pid in processes_with(marker) if pid != master]
         shared = metrics_dir_of(master)
         assert shared.is_dir()
 
