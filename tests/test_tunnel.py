@@ -97,6 +97,13 @@ FAILURES = [
         "Stop the other ngrok agent",
     ),
     (
+        # The agent exits before pyngrok reads its error line; the bridge reads it after.
+        {"NGROK_AUTHTOKEN": TOKEN, "FAKE_NGROK_MODE": "session_limit_read_late"},
+        [],
+        "ERR_NGROK_108",
+        "Stop the other ngrok agent",
+    ),
+    (
         {"NGROK_AUTHTOKEN": TOKEN, "FAKE_NGROK_MODE": "url_online"},
         ["--domain", "taken.ngrok.app"],
         "ERR_NGROK_334",
