@@ -28,9 +28,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Sockets bound for closed_port(), held for the whole run.
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nobody listens on (connections are refused at once)."""
-    return free_port()
+    """A loopback port nobody listens on (connections are refused at once).
+
+    The port stays bound, never listening, until the run ends: a port merely freed could be
+    taken by another socket, or picked as a client's own source port (a self-connection).
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return int(sock.getsockname()[1])
 
 
 class Serve:
@@ -57,8 +68,12 @@ class Serve:
         self.err_lines: list[str] = []
         self._err_changed = threading.Condition()
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, stream: IO[str], is_err: bool | None) -> None:
         for line in stream:
@@ -89,14 +104,18 @@ class Serve:
             return "\n".join(self.err_lines)
 
     def stop(self, sig: str = "SIGINT", timeout: float = 15.0, group: bool = False) -> int:
-        """Signal the bridge (or, with ``group``, every process in its group) and wait."""
+        """Signal the bridge (or, with ``group``, every process in its group) and wait for it
+        and for its output: the pumps may still hold lines it wrote just before it exited."""
         if self.proc.poll() is None:
             if group:
                 assert self.own_group, "signal a group only when the bridge leads its own"
                 os.killpg(self.proc.pid, SIGNALS[sig])
             else:
                 self.proc.send_signal(SIGNALS[sig])
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        for pump in self._pumps:
+            pump.join(timeout)
+        return code
 
     def __enter__(self) -> Serve:
         return self

@@ -126,7 +126,7 @@ def test_failing_hook_answers_vapi_fast_and_server_keeps_serving(
     start_bridge: BridgeFactory, fake: FakeSambaNova, hook_module: str, logs: LogCapture
 ) -> None:
     bridge = start_bridge(hooks=(f"{hook_module}:broken",))
-    response = bridge.post(vapi_request(), timeout=1.0)  # an answer, not a hang
+    response = bridge.post(vapi_request())  # an answer within the timeout, not a hang
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["code"] == "hook_failed" and "ValueError" in error["message"]

@@ -97,6 +97,13 @@ FAILURES = [
         "Stop the other ngrok agent",
     ),
     (
+        # The agent exits before pyngrok reads its error line; the bridge reads it after.
+        {"NGROK_AUTHTOKEN": TOKEN, "FAKE_NGROK_MODE": "session_limit_read_late"},
+        [],
+        "ERR_NGROK_108",
+        "Stop the other ngrok agent",
+    ),
+    (
         {"NGROK_AUTHTOKEN": TOKEN, "FAKE_NGROK_MODE": "url_online"},
         ["--domain", "taken.ngrok.app"],
         "ERR_NGROK_334",
@@ -155,7 +162,8 @@ def test_no_agent_and_no_network_still_serves_locally(tmp_path: Path, isolated_e
     with Serve("--demo", "--port", str(port), env=offline_env(NGROK_AUTHTOKEN=TOKEN)) as serve:
         line = serve.wait_stderr(lambda line: "Tunnel not opened" in line, timeout=30)
         assert "not installed and could not be downloaded" in line
-        assert "--ngrok-path" in serve.stderr
+        # The fix is the next line of the same message: wait for it, it may not be read yet.
+        serve.wait_stderr(lambda line: "--ngrok-path" in line)
         download = serve.wait_stderr(lambda line: "Downloading the ngrok agent" in line)
         assert str(isolated_env) in download, "the agent is downloaded into the bridge's home"
         assert serve.stdout_line() == f"http://127.0.0.1:{port}", "stdout: the URL that works"

@@ -217,6 +217,7 @@ def _connect_within(
     from pyngrok import ngrok
 
     outcome: dict[str, Any] = {}
+    started = config.log_event_callback = _StartedAgent(config.ngrok_path)
 
     def connect() -> None:
         try:
@@ -237,8 +238,42 @@ def _connect_within(
     if "error" in outcome:
         with contextlib.suppress(Exception):
             ngrok.kill(pyngrok_config=config)
-        raise _tunnel_error(outcome["error"], authtoken) from None
+        raise _tunnel_error(outcome["error"], authtoken, started.unread_error()) from None
     return str(outcome["url"])
+
+
+class _StartedAgent:
+    """Keeps hold of the agent pyngrok starts (from its first log line), to read the error it
+    logged just before exiting when pyngrok did not.
+
+    pyngrok stops reading the agent's log as soon as it sees the process has exited, and then
+    forgets it; an agent that logs its error and exits at once (ERR_NGROK_108, a bad token)
+    can leave that line in the pipe, and the user would get "unable to start" without a cause.
+    """
+
+    def __init__(self, ngrok_path: str) -> None:
+        self.ngrok_path = ngrok_path
+        self.agent: Any = None
+
+    def __call__(self, log: Any) -> None:
+        """pyngrok's ``log_event_callback``: called for each log line it reads."""
+        if self.agent is None:
+            from pyngrok import process
+
+            self.agent = process._current_processes.get(self.ngrok_path)
+
+    def unread_error(self) -> str | None:
+        agent = self.agent
+        if agent is None or agent.proc.poll() is None or agent.proc.stdout is None:
+            return None
+        from pyngrok.log import NgrokLog
+
+        with contextlib.suppress(OSError, ValueError):
+            for line in agent.proc.stdout:  # the agent has exited: this reaches the end
+                log = NgrokLog(line)
+                if log.lvl in ("ERROR", "CRITICAL") and log.err:
+                    return str(log.err)
+        return None
 
 
 def _agent_pid(config: Any) -> int | None:
@@ -266,7 +301,9 @@ def _kill_starting_agent(ngrok_path: str) -> None:
             starting.proc.wait(5)
 
 
-def _tunnel_error(exc: BaseException, authtoken: str | None) -> TunnelError:
+def _tunnel_error(
+    exc: BaseException, authtoken: str | None, unread: str | None = None
+) -> TunnelError:
     from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError, PyngrokNgrokInstallError
 
     if isinstance(exc, PyngrokNgrokInstallError):
@@ -278,8 +315,8 @@ def _tunnel_error(exc: BaseException, authtoken: str | None) -> TunnelError:
     text = str(exc)
     if isinstance(exc, PyngrokNgrokHTTPError):
         text = f"{text} {exc.body}"
-    elif isinstance(exc, PyngrokNgrokError) and exc.ngrok_error:
-        text = f"{text} {exc.ngrok_error}"
+    elif isinstance(exc, PyngrokNgrokError) and (exc.ngrok_error or unread):
+        text = f"{text} {exc.ngrok_error or unread}"
     match = re.search(r"ERR_NGROK_\d+", text)
     if match and match.group(0) in _ERRORS:
         message, hint = _ERRORS[match.group(0)]

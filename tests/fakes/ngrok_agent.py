@@ -132,6 +132,42 @@ class Api(BaseHTTPRequestHandler):
         self.reply(204)
 
 
+def log_after_exit() -> int:
+    """ERR_NGROK_108, with the agent gone before pyngrok has read past its first log line.
+
+    A real agent logs its error and exits at once; when pyngrok reads late, it sees the exit
+    after one line and stops reading. Here a child sharing the agent's stdout writes the log
+    once the agent has exited, so that order is certain.
+    """
+    agent = os.getpid()
+    if os.fork():
+        return 1
+    deadline = time.monotonic() + 10
+    while running(agent) and time.monotonic() < deadline:
+        time.sleep(0.005)  # another process's state: nothing to wait on but polling
+    log("info", "starting web service", obj="web", addr="127.0.0.1:9")
+    log(
+        "eror",
+        "failed to reconnect session",
+        obj="tunnels.session",
+        err="Your account is limited to 1 simultaneous ngrok agent sessions. ERR_NGROK_108",
+    )
+    os._exit(0)
+
+
+def running(pid: int) -> bool:
+    """True until ``pid`` has exited (a zombie counts as exited); Linux's /proc, else the
+    parent change a child sees when its parent exits."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.getppid() == pid
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def main(argv: list[str]) -> int:
     pidfile = os.environ.get("FAKE_NGROK_PIDFILE")
     if pidfile:
@@ -144,6 +180,8 @@ def main(argv: list[str]) -> int:
     if "--authtoken" in argv:
         token = argv[argv.index("--authtoken") + 1]
     mode = os.environ.get("FAKE_NGROK_MODE", "ok")
+    if mode == "session_limit_read_late":
+        return log_after_exit()
     if mode == "hang":
         time.sleep(3600)
         return 0
