@@ -121,9 +121,15 @@ class Serve:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """A test that failed mid-run still stops the bridge the way a user does, so it
+        stops its tunnel agent too (a kill would leave the agent behind, by design)."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.send_signal(SIGNALS["SIGINT"])
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def state_file(home: Path, serve: Serve) -> Path:
