@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fakes.sambanova import FakeSambaNova
@@ -23,7 +24,7 @@ def test_workers_serve_and_stop_with_nothing_left(fake: FakeSambaNova, isolated_
     with Serve(
         "--no-tunnel", "--port", "0", "--workers", "2", "--secret", SECRET, env=env_for(fake)
     ) as serve:
-        serve.stdout_line()
+        url = serve.stdout_line()
         serve.wait_stderr(lambda line: "Try it" in line)
         marker = f"workers-{serve.proc.pid}.json"
         assert wait_until(lambda: len(processes_with(marker)) == 3), "a master, two workers"
@@ -32,9 +33,18 @@ def test_workers_serve_and_stop_with_nothing_left(fake: FakeSambaNova, isolated_
             result = run_cli("test", "--json")
             assert result.returncode == 0, result.stderr
             assert json.loads(result.stdout)["text"] == "Sure! Let me check Tuesday for you."
+        # Each turn on a connection of its own, as one process does: a connection kept alive
+        # would keep its client's turns on one worker however busy it is.
+        reply = httpx.post(
+            url + "/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {SECRET}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200 and reply.headers["Connection"] == "close"
         assert serve.stop("SIGTERM") == 0
     assert processes_with(marker) == []
-    assert serve.stderr.count("POST /chat/completions 200") == 4
+    assert serve.stderr.count("POST /chat/completions 200") == 5
     assert "Traceback" not in serve.stderr
 
 

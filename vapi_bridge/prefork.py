@@ -221,7 +221,11 @@ def main(argv: list[str]) -> None:
                 "threads": 128,
                 "preload_app": True,
                 "graceful_timeout": math.ceil(grace) + 3,
-                "keepalive": 5,
+                # A connection per request, as werkzeug does in one process: gthread keeps a
+                # kept-alive connection on the worker that accepted it, so a busy worker kept
+                # its clients' next turns (at 100 streams the added TTFT p99 was 1.3-1.6 s
+                # with keep-alive clients, about 0.1 s without; docs/performance.md).
+                "keepalive": 0,
                 "accesslog": None,
                 "errorlog": "-",
                 "loglevel": "warning",
