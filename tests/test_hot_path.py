@@ -150,12 +150,11 @@ def bridge_factory_and_fake(
     return start_bridge, fake
 
 
-class CountingProxy:
-    """A TCP forwarder in front of the fake that counts the connections made through it."""
+class Loopback:
+    """A listener on loopback that serves each connection in a thread of its own."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.accepted = 0
+    def __init__(self) -> None:
+        self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -166,13 +165,30 @@ class CountingProxy:
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self.listener.accept()
+                conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.accepted += 1
-            server = socket.create_connection(("127.0.0.1", self.port))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class CountingProxy(Loopback):
+    """A TCP forwarder in front of the fake that counts the connections made through it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.port))
+        for source, sink in ((conn, server), (server, conn)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -184,9 +200,6 @@ class CountingProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture
@@ -206,7 +219,7 @@ def test_streamed_turns_reuse_the_upstream_connection(
     for _ in range(3):
         events = sse_events(bridge.post(vapi_request()))
         assert events[-1] == "[DONE]" and len(events) > 2
-    assert proxy.accepted == 1
+    assert proxy.connections == 1
 
 
 # Framing: the encoder built once gives the bytes the stdlib encoder gives.
@@ -404,7 +417,7 @@ def test_chunk_decoder_notices_bytes_after_the_body() -> None:
     assert decoder.done and decoder.excess
 
 
-class RawUpstream:
+class RawUpstream(Loopback):
     """A bare HTTP/1.1 server at the network boundary: each response is written as the
     given pieces (headers and body bytes grouped at odd places), on keep-alive connections.
     With ``gate``, each piece after the first waits for it to be set (and clears it)."""
@@ -412,25 +425,10 @@ class RawUpstream:
     def __init__(self, pieces: list[bytes], gate: threading.Event | None = None) -> None:
         self.pieces = pieces
         self.gate = gate
-        self.connections = 0
         self.requests = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = conn.makefile("rb")
         with contextlib.suppress(OSError), conn, reader:
@@ -449,9 +447,6 @@ class RawUpstream:
                         assert self.gate.wait(10), "the test never opened the gate"
                         self.gate.clear()
                     conn.sendall(piece)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"

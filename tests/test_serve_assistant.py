@@ -3,7 +3,9 @@ and is put back when it stops; Vapi failures are one line and the bridge keeps s
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,41 @@ def vapi_env(vapi: FakeVapi) -> dict[str, str]:
     return {"VAPI_API_KEY": GOOD_KEY, "VAPI_BASE_URL": vapi.base_url}
 
 
+HOST = "riley-test.ngrok-free.app"
+
+
+@contextlib.contextmanager
+def serve_wired(
+    fake: FakeSambaNova, tmp_path: Path, vapi: FakeVapi, *extra: str, **env_extra: str
+) -> Iterator[tuple[Serve, str, str]]:
+    """``serve --assistant`` for a new assistant Riley, once wired: the bridge, Riley's id,
+    and the public URL (the fake host does not resolve: see :func:`tunnel_side`)."""
+    riley = vapi.add(name="Riley", model=copy.deepcopy(MODEL))["id"]
+    env, args, _ = tunnel_env(fake, tmp_path)
+    env = {**env, **vapi_env(vapi), "FAKE_NGROK_HOST": HOST, **env_extra}
+    with Serve(*args, "--assistant", riley, *extra, env=env) as serve:
+        public = serve.stdout_line()
+        serve.wait_stderr(lambda line: "now uses this bridge" in line)
+        yield serve, riley, public
+
+
+def tunnel_side(public: str) -> str:
+    """The public URL through the tunnel's loopback side, as Vapi would reach it."""
+    return public.replace(HOST, "127.0.0.1")
+
+
+def assert_restored(vapi: FakeVapi, riley: str) -> None:
+    restored = vapi.get(riley)
+    assert restored["model"] == MODEL
+    assert not any(c.get("provider") == "custom-llm" for c in restored.get("credentials", []))
+
+
 def test_serve_wires_the_assistant_to_the_tunnel_and_ctrl_c_puts_it_back(
     fake: FakeSambaNova, tmp_path: Path
 ) -> None:
     with FakeVapi() as vapi:
-        riley = vapi.add(name="Riley", model=copy.deepcopy(MODEL))["id"]
-        env, args, _ = tunnel_env(fake, tmp_path)
-        env = {**env, **vapi_env(vapi), "FAKE_NGROK_HOST": "riley-test.ngrok-free.app"}
-        with Serve(*args, "--assistant", riley, env=env) as serve:
-            public = serve.stdout_line()
-            assert public.startswith("http://riley-test.ngrok-free.app:")
-            serve.wait_stderr(lambda line: "now uses this bridge" in line)
+        with serve_wired(fake, tmp_path, vapi) as (serve, riley, public):
+            assert public.startswith(f"http://{HOST}:")
             wired = vapi.get(riley)
             assert wired["model"]["provider"] == "custom-llm"
             assert wired["model"]["url"] == public
@@ -48,17 +74,14 @@ def test_serve_wires_the_assistant_to_the_tunnel_and_ctrl_c_puts_it_back(
             assert credential["apiKey"] == SECRET
             # The credential Vapi will send is accepted (the fake host does not resolve, so
             # through the tunnel's loopback side).
-            tunnel_side = public.replace("riley-test.ngrok-free.app", "127.0.0.1")
             reply = httpx.post(
-                tunnel_side + "/chat/completions",
+                tunnel_side(public) + "/chat/completions",
                 json=vapi_request(),
                 headers={"Authorization": f"Bearer {credential['apiKey']}"},
             )
             assert reply.status_code == 200
             assert serve.stop("SIGINT") == 0
-        restored = vapi.get(riley)
-        assert restored["model"] == MODEL
-        assert not any(c.get("provider") == "custom-llm" for c in restored.get("credentials", []))
+        assert_restored(vapi, riley)
         assert GOOD_KEY not in serve.stderr + "".join(serve.err_lines)
 
 
@@ -86,19 +109,12 @@ def test_serve_oauth_wires_the_oauth2_credential_vapi_then_uses(
     fake: FakeSambaNova, tmp_path: Path
 ) -> None:
     client_id, client_secret = "vb_client_test", "vb_oauth_secret_0123456789abcdef"
+    oauth_env = {
+        "VAPI_BRIDGE_OAUTH_CLIENT_ID": client_id,
+        "VAPI_BRIDGE_OAUTH_CLIENT_SECRET": client_secret,
+    }
     with FakeVapi() as vapi:
-        riley = vapi.add(name="Riley", model=copy.deepcopy(MODEL))["id"]
-        env, args, _ = tunnel_env(fake, tmp_path)
-        env = {
-            **env,
-            **vapi_env(vapi),
-            "FAKE_NGROK_HOST": "riley-test.ngrok-free.app",
-            "VAPI_BRIDGE_OAUTH_CLIENT_ID": client_id,
-            "VAPI_BRIDGE_OAUTH_CLIENT_SECRET": client_secret,
-        }
-        with Serve(*args, "--assistant", riley, "--oauth", env=env) as serve:
-            public = serve.stdout_line()
-            serve.wait_stderr(lambda line: "now uses this bridge" in line)
+        with serve_wired(fake, tmp_path, vapi, "--oauth", **oauth_env) as (serve, riley, public):
             wired = vapi.get(riley)
             (credential,) = [c for c in wired["credentials"] if c["provider"] == "custom-llm"]
             plan = credential["authenticationPlan"]
@@ -109,20 +125,17 @@ def test_serve_oauth_wires_the_oauth2_credential_vapi_then_uses(
                 "clientSecret": client_secret,
             }
             # What Vapi does with the plan: a token from the token URL, then the chat with it.
-            tunnel_side = public.replace("riley-test.ngrok-free.app", "127.0.0.1")
             token = httpx.post(
-                plan["url"].replace(public, tunnel_side),
+                tunnel_side(plan["url"]),
                 data={"grant_type": "client_credentials"},
                 auth=(plan["clientId"], plan["clientSecret"]),
             ).json()["access_token"]
             reply = httpx.post(
-                tunnel_side + "/chat/completions",
+                tunnel_side(public) + "/chat/completions",
                 json=vapi_request(),
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert reply.status_code == 200
             assert serve.stop("SIGINT") == 0
-        restored = vapi.get(riley)
-        assert restored["model"] == MODEL
-        assert not any(c.get("provider") == "custom-llm" for c in restored.get("credentials", []))
+        assert_restored(vapi, riley)
         assert client_secret not in serve.stderr + "".join(serve.err_lines)
