@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -585,3 +586,15 @@ def test_the_end_of_a_streamed_reply_goes_out_with_its_last_frame(
             block = sock.recv(65536)
             assert block, "the connection closed before the chunked body's end"
             received += block
+
+
+def test_an_httpcore_laid_out_otherwise_reads_through_httpx(
+    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct reader uses httpcore's own modules; where another httpcore has none of
+    them, replies go through httpx's public iterators, whole."""
+    bridge = start_bridge()
+    monkeypatch.setitem(sys.modules, "httpcore._sync.http11", None)  # importing it now fails
+    events = sse_events(bridge.post(vapi_request()))
+    heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+    assert heard == "Sure! Let me check Tuesday for you." and events[-1] == "[DONE]"

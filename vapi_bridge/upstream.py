@@ -323,9 +323,11 @@ class _Wire:
     def of(cls, response: httpx.Response) -> _Wire | None:
         """The wire under ``response``, or ``None`` for any other transport (HTTP/2, a proxy
         tunnel, a mock, compressed content): those are read through httpx's iterators."""
-        from httpcore._backends.sync import SyncStream
-        from httpcore._sync.http11 import HTTP11ConnectionByteStream
-
+        try:  # httpcore's own modules: another httpcore may lay them out otherwise
+            from httpcore._backends.sync import SyncStream
+            from httpcore._sync.http11 import HTTP11ConnectionByteStream
+        except ImportError:
+            return None
         if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
             return None
         stream: Any = response.stream
