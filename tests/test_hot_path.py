@@ -598,3 +598,53 @@ def test_an_httpcore_laid_out_otherwise_reads_through_httpx(
     events = sse_events(bridge.post(vapi_request()))
     heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
     assert heard == "Sure! Let me check Tuesday for you." and events[-1] == "[DONE]"
+
+
+def test_a_body_h11_cannot_catch_up_with_is_still_relayed_whole(
+    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One long chunk that no read ends inside a boundary of (a proxy re-chunking a buffered
+    body): past the catch-up limit the connection is given up on, never the reply."""
+    monkeypatch.setattr(upstream._Wire, "CATCH_UP_MAX", 64)
+    texts = [f"word{i} " for i in range(12)]
+    events = events_body(texts)
+    one_chunk = b"%x\r\n" % len(events) + events + b"\r\n0\r\n\r\n"
+    first_end = one_chunk.index(b"\n\n") + 2
+    gate = threading.Event()
+    pieces = [HEAD + one_chunk[: first_end + 5], one_chunk[first_end + 5 : first_end + 600]]
+    raw = RawUpstream([*pieces, one_chunk[first_end + 600 :]], gate)
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        with httpx.stream(
+            "POST",
+            bridge.url + "/chat/completions",
+            json=vapi_request(),
+            headers=bridge.headers(),
+            timeout=10,
+        ) as response:
+            data = []
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data.append(line)
+                    gate.set()
+        heard = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in data[:-1]
+        )
+        assert heard == "".join(texts) and data[-1] == "data: [DONE]"
+    finally:
+        raw.close()
+
+
+def test_a_late_abort_leaves_a_pooled_connection_alone(proxy: CountingProxy) -> None:
+    """The watchdog may abort a stream just as it ends; its connection, back in the pool,
+    may by then carry the next turn, which must not be cut."""
+    client = SambaNovaUpstream(api_key="test-key", base_url=proxy.url)
+    params = {"model": "Meta-Llama-3.3-70B-Instruct", "stream": True, "messages": []}
+    finished = client.open_stream(params, timeout=10)
+    assert list(finished)
+    finished.close()
+    following = client.open_stream(params, timeout=10)
+    finished.abort()
+    assert len(list(following)) > 2
+    following.close()
+    assert proxy.connections == 1

@@ -3,7 +3,7 @@
 The SDK's defaults (600 s timeout, two retries with multi-second backoff) would leave a caller
 in silence, so the client is built with ``max_retries=0`` and this module retries itself: only
 before the first byte, and only while the first-token deadline leaves room. Streams are read
-as raw SSE lines (``with_streaming_response``), so each chunk is parsed once with ``json``
+as raw SSE bytes (``with_streaming_response``), so each chunk is parsed once with ``json``
 instead of being validated into a model and serialised again.
 
 The first-token deadline and the between-chunk stall limit are enforced by the turn's
@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -212,7 +213,8 @@ def _status_error(exc: APIStatusError, model: str) -> UpstreamError:
 
 
 class SSEStream:
-    """Reads SambaNova's SSE body and yields each event's JSON; closing drops the connection.
+    """Reads SambaNova's SSE body and yields each event's JSON; closing releases the
+    connection (back to the pool after a whole reply, else closed).
 
     Per chunk the read side is one ``recv``, one HTTP/1.1 parse step, one split of the bytes
     into events (:class:`sse.ByteParser`) and one ``json`` parse. On the usual transport
@@ -228,6 +230,10 @@ class SSEStream:
         self.rate = RateLimit.from_headers(response.headers)
         self._wire = _Wire.of(response.http_response)
         self._done = False
+        # close() and abort() come from different threads (the turn, its watchdog): once
+        # closed, the connection may be another turn's, and abort must leave it alone.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __iter__(self) -> Iterator[Any]:
         parser = sse.ByteParser()
@@ -270,22 +276,30 @@ class SSEStream:
 
     def close(self) -> None:
         """Release the response; after a whole reply its connection goes back to the pool."""
-        if self._done and self._wire is not None:
-            self._wire.finish()
-        self._context.__exit__(None, None, None)
-        # httpx's response and its body stream refer to each other: without this, the
-        # response (request, headers, SDK wrappers) waits for the GC's next full pass.
-        self._response.http_response.stream = _CLOSED
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._done and self._wire is not None:
+                self._wire.finish()
+            self._context.__exit__(None, None, None)
+            # httpx's response and its body stream refer to each other: without this, the
+            # response (request, headers, SDK wrappers) waits for the GC's next full pass.
+            self._response.http_response.stream = _CLOSED
 
     def abort(self) -> None:
-        """Shut the socket down: unlike close(), that wakes a read blocked in another thread."""
-        stream = self._response.http_response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is None:
-            self.close()
-            return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        """Shut the socket down: unlike close(), that wakes a read blocked in another thread.
+        A stream already closed is left alone: its connection may be serving another turn."""
+        with self._lock:
+            if self._closed:
+                return
+            stream = self._response.http_response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return
+        self.close()
 
 
 _CLOSED = httpx.ByteStream(b"")
@@ -338,12 +352,13 @@ class _Wire:
             connection = stream._connection
             state, network = connection._h11_state, connection._network_stream
             timeout = response.request.extensions["timeout"]["read"]
-        except (AttributeError, KeyError, TypeError):
-            return None
-        if type(network) is not SyncStream or state.their_state is not h11.SEND_BODY:
+            if type(network) is not SyncStream or state.their_state is not h11.SEND_BODY:
+                return None
+            sock = network._sock
+        except (AttributeError, KeyError, TypeError, RuntimeError):
             return None
         chunked = response.headers.get("transfer-encoding", "").strip().lower() == "chunked"
-        return cls(state, network._sock, timeout, chunked)
+        return cls(state, sock, timeout, chunked)
 
     def blocks(self) -> Iterator[bytes]:
         """The body's data as it arrives (one read timeout for the whole body)."""
@@ -365,11 +380,13 @@ class _Wire:
             return
 
     def _recv(self) -> bytes:
+        """One read from the socket (a deadline only while finishing)."""
         if time.monotonic() > self.deadline:
             raise TimeoutError
         return self.sock.recv(self.READ)
 
     def _events(self) -> Iterator[bytes]:
+        """A body that is not chunked, read through ``h11`` event by event."""
         state = self.state
         while True:
             event = state.next_event()
@@ -381,6 +398,7 @@ class _Wire:
                 return
 
     def _chunked(self) -> Iterator[bytes]:
+        """A chunked body's data, decoded here; ``h11`` kept in step at its ends."""
         state, decoder = self.state, _Chunks()
         held, _ = state.trailing_data  # body bytes that came with the headers: h11 has them
         data = decoder.feed(held)
@@ -388,6 +406,7 @@ class _Wire:
         # chunk of its own stands for the rest of the body (h11 needs only the framing).
         catch_up: bytearray | None = None if decoder.at_boundary else bytearray()
         has_end = decoder.done
+        kept = True  # False once h11 cannot be brought in step: the connection is not reused
         while True:
             if data:
                 yield data
@@ -408,9 +427,9 @@ class _Wire:
                     state.receive_data(bytes(catch_up))
                     catch_up = None
                 elif len(catch_up) > self.CATCH_UP_MAX:
-                    return
-        if decoder.excess:
-            return  # bytes after the body: the connection is in no state to be reused
+                    catch_up, kept = None, False  # the body is still read to its end
+        if decoder.excess or not kept:
+            return  # bytes after the body, or h11 left behind: not a connection to reuse
         if catch_up is not None:
             state.receive_data(bytes(catch_up))
         elif not has_end:
