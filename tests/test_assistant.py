@@ -359,3 +359,26 @@ def test_listing_marks_this_bridge_and_others(
     table = assistant.table(list(rows.values()))
     assert table.splitlines()[0].split() == ["ID", "NAME", "MODEL", "BRIDGE"]
     assert BRIDGE_KEY not in table
+
+
+def test_an_oauth_plan_secret_is_cut_out_of_anything_vapi_quotes(
+    vapi: FakeVapi, client: VapiClient, riley: str, isolated_env: Path
+) -> None:
+    old = assistant.OAuthPlan("vb_client", "oauth_secret_before_rotation")
+    wire(client, riley, isolated_env, oauth=old)
+    new = assistant.OAuthPlan("vb_client", "oauth_secret_after_rotation")
+    vapi.fail_next(400, f"{old.client_secret} and {new.client_secret} clash", method="PATCH")
+    with pytest.raises(VapiError) as caught:
+        wire(client, riley, isolated_env, oauth=new)
+    assert_one_clear_line(caught.value, "*** and *** clash")
+
+
+def test_the_oauth_token_url_is_at_the_server_root() -> None:
+    plan = assistant.OAuthPlan("vb_client", "oauth_secret_0123")
+    assert plan.plan("https://bridge.example.com/v1")["url"] == (
+        "https://bridge.example.com/oauth/token"
+    )
+    assert (
+        plan.plan("https://bridge.example.com")["url"] == "https://bridge.example.com/oauth/token"
+    )
+    assert "oauth_secret_0123" not in repr(plan)

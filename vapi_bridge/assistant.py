@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,24 +163,26 @@ def bridge_model(
 
 
 @dataclass(frozen=True)
-class OAuthClient:
+class OAuthPlan:
     """The OAuth2 client (``serve --oauth``) Vapi fetches its tokens with."""
 
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
 
     def plan(self, base_url: str) -> dict[str, str]:
-        """Vapi's ``OAuth2AuthenticationPlan`` for the bridge at ``base_url``."""
+        """Vapi's ``OAuth2AuthenticationPlan`` for the bridge at ``base_url`` (the token
+        endpoint is at the server's root, whatever path the chat URL was given with)."""
+        root = base_url.removesuffix("/v1")
         return {
             "type": "oauth2",
-            "url": base_url + "/oauth/token",
+            "url": root + "/oauth/token",
             "clientId": self.client_id,
             "clientSecret": self.client_secret,
         }
 
 
 def bridge_credentials(
-    current: Any, bridge_key: str | None, *, oauth: OAuthClient | None = None, url: str = ""
+    current: Any, bridge_key: str | None, *, oauth: OAuthPlan | None = None, url: str = ""
 ) -> list[Any]:
     """The assistant's credentials with its custom-llm one replaced by the bridge's: the
     bridge key, and with ``oauth`` the OAuth2 plan Vapi then authenticates with (Vapi's
@@ -224,7 +226,7 @@ def wire(
     url: str,
     model: str,
     bridge_key: str | None,
-    oauth: OAuthClient | None = None,
+    oauth: OAuthPlan | None = None,
     headers: Mapping[str, str] | None = None,
     home: Path,
 ) -> WiredAssistant:
@@ -417,14 +419,24 @@ def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _credential_secrets(credentials: Any) -> list[str]:
-    """The secret values in credentials, to cut out of anything Vapi's errors quote."""
+    """The secret values in credentials (an OAuth2 plan's too), to cut out of anything
+    Vapi's errors quote."""
     secret_words = ("key", "secret", "token", "password")
+
+    def found(mapping: dict[Any, Any]) -> Iterator[str]:
+        for name, value in mapping.items():
+            if isinstance(value, dict):
+                yield from found(value)
+            elif (
+                isinstance(value, str)
+                and value
+                and any(w in str(name).lower() for w in secret_words)
+            ):
+                yield value
+
+    items = credentials if isinstance(credentials, list) else []
     return [
-        value
-        for credential in (credentials if isinstance(credentials, list) else [])
-        if isinstance(credential, dict)
-        for name, value in credential.items()
-        if isinstance(value, str) and value and any(w in name.lower() for w in secret_words)
+        value for credential in items if isinstance(credential, dict) for value in found(credential)
     ]
 
 
@@ -477,7 +489,7 @@ class Link:
         model: str,
         keep: bool = False,
         headers: Mapping[str, str] | None = None,
-        oauth: OAuthClient | None = None,
+        oauth: OAuthPlan | None = None,
     ) -> None:
         if not api_key:
             raise ConfigError(

@@ -143,7 +143,7 @@ def _assistant_link(settings: Settings) -> Link | None:
     """The Vapi assistant to wire, checked before anything starts (a missing key is exit 2)."""
     if settings.assistant is None:
         return None
-    from vapi_bridge.assistant import Link, OAuthClient
+    from vapi_bridge.assistant import Link, OAuthPlan
 
     headers = None
     wired = settings
@@ -167,7 +167,7 @@ def _assistant_link(settings: Settings) -> Link | None:
         keep=settings.keep_assistant,
         headers=headers,
         oauth=(
-            OAuthClient(settings.oauth_client_id, settings.oauth_client_secret)
+            OAuthPlan(settings.oauth_client_id, settings.oauth_client_secret)
             if settings.oauth and settings.oauth_client_id and settings.oauth_client_secret
             else None
         ),

@@ -38,9 +38,21 @@ def _encoder() -> Callable[[Any], str]:
         return _ENCODER.encode
     # No circular-reference markers: chunks come from json.loads and the stages, never cyclic;
     # and without them the encoder keeps no state, so threads can share it.
-    encode = make(
-        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
-    )
+    try:  # the accelerator's private signature (CPython 3.11 to 3.13): another, the plain one
+        encode = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            True,
+        )
+        encode({"a": [1, "é"]}, 0)
+    except TypeError:
+        return _ENCODER.encode
     return lambda chunk: "".join(encode(chunk, 0))
 
 

@@ -238,8 +238,9 @@ class Turn:
     def due(self) -> float:
         """When the watchdog must step in: the current attempt's deadline while models are
         tried, then the stall limit once one is answering."""
+        attempts = self._attempts  # read once: the turn's end clears it from another thread
         if self.last_data is None:
-            return self._attempts.due() if self._attempts is not None else math.inf
+            return attempts.due() if attempts is not None else math.inf
         return self.last_data + self.ctx.live.stall_timeout
 
     def expire(self, now: float) -> None:
@@ -247,8 +248,9 @@ class Turn:
         may have moved on (a first chunk, another attempt) since the watchdog looked."""
         if self.due() > now:
             return
-        if self.last_data is None and self._attempts is not None:
-            self._attempts.expire()
+        attempts = self._attempts
+        if self.last_data is None and attempts is not None:
+            attempts.expire()
         else:
             self.abort("stall")
 
@@ -257,10 +259,11 @@ class Turn:
         with self._lock:
             if self.abort_reason is None:
                 self.abort_reason = reason
-        if self._attempts is not None and reason == "shutdown":
-            self._attempts.abort()
-        if self._stream is not None:
-            self._stream.abort()
+        attempts, stream = self._attempts, self._stream
+        if attempts is not None and reason == "shutdown":
+            attempts.abort()
+        if stream is not None:
+            stream.abort()
 
     def _first_frame(self, chunks: Iterator[Any]) -> bytes | None:
         for raw in chunks:
