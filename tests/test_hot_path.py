@@ -648,3 +648,24 @@ def test_a_late_abort_leaves_a_pooled_connection_alone(proxy: CountingProxy) -> 
     assert len(list(following)) > 2
     following.close()
     assert proxy.connections == 1
+
+
+def test_the_reply_ends_before_the_upstream_body_does(
+    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After [DONE] the bridge waits a little for the upstream body's end, to keep its
+    connection; the client's reply ends without waiting for it."""
+    monkeypatch.setattr(upstream._Wire, "FINISH_WAIT", 30.0)
+    body = chunked([events_body(["Sure", "! Let me", " check."])])
+    gate = threading.Event()
+    raw = RawUpstream([HEAD + body[:-5], body[-5:]], gate)  # the end, once the client has all
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(2):
+            events = sse_events(bridge.post(vapi_request(), timeout=10))
+            gate.set()
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.connections == 1, "the upstream's end was still read: the connection kept"
+    finally:
+        raw.close()

@@ -232,8 +232,15 @@ class Turn:
         }
 
     def close(self) -> None:
-        """Called when the server is done with the response, whether or not it ever started."""
+        """Called when the server is done with the response, whether or not it ever started.
+
+        The upstream is released here, once the reply's last byte has gone out: after
+        ``[DONE]``, reading the upstream body's end (to keep its connection) may wait a little,
+        and the client must not wait with it."""
         self._finish(client_left=True)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def due(self) -> float:
         """When the watchdog must step in: the current attempt's deadline while models are
@@ -364,8 +371,6 @@ class Turn:
         if client_left:
             record.outcome = "client_closed"
         self.ctx.live.discard(self)
-        if self._stream is not None:
-            self._stream.close()
         # The attempts hold this turn (through _params_for): a cycle that would keep the
         # whole turn, its threads and its upstream response for the GC's next full pass.
         self._attempts = None
