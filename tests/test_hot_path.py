@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
-from tests.helpers import BridgeFactory, sse_events, vapi_request
+from tests.helpers import BridgeFactory, RunningBridge, sse_events, vapi_request
 from vapi_bridge import sse, upstream
 from vapi_bridge.errors import InBandError, UpstreamStreamBroken
 from vapi_bridge.reasoning import ReasoningFilter
@@ -477,6 +477,27 @@ def test_a_body_cut_anywhere_relays_whole_and_keeps_the_connection(
         raw.close()
 
 
+def gated_reply(bridge: RunningBridge, gate: threading.Event) -> tuple[str, str]:
+    """A streamed turn that opens ``gate`` at each data line it reads (so a
+    :class:`RawUpstream` sends its next piece): the text heard and the last data line."""
+    with httpx.stream(
+        "POST",
+        bridge.url + "/chat/completions",
+        json=vapi_request(),
+        headers=bridge.headers(),
+        timeout=10,
+    ) as response:
+        data = []
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data.append(line)
+                gate.set()
+    heard = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in data[:-1]
+    )
+    return heard, data[-1]
+
+
 @pytest.mark.parametrize("into", [1, 5, 60])
 def test_a_chunk_split_after_the_headers_keeps_the_connection(
     start_bridge: BridgeFactory, into: int
@@ -492,23 +513,7 @@ def test_a_chunk_split_after_the_headers_keeps_the_connection(
     try:
         bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
         for _ in range(2):
-            with httpx.stream(
-                "POST",
-                bridge.url + "/chat/completions",
-                json=vapi_request(),
-                headers=bridge.headers(),
-                timeout=10,
-            ) as response:
-                data = []
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        data.append(line)
-                        gate.set()
-            heard = "".join(
-                json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                for line in data[:-1]
-            )
-            assert heard == "Sure! Let me check." and data[-1] == "data: [DONE]"
+            assert gated_reply(bridge, gate) == ("Sure! Let me check.", "data: [DONE]")
         assert raw.requests == 2 and raw.connections == 1
     finally:
         raw.close()
@@ -615,22 +620,7 @@ def test_a_body_h11_cannot_catch_up_with_is_still_relayed_whole(
     raw = RawUpstream([*pieces, one_chunk[first_end + 600 :]], gate)
     try:
         bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        with httpx.stream(
-            "POST",
-            bridge.url + "/chat/completions",
-            json=vapi_request(),
-            headers=bridge.headers(),
-            timeout=10,
-        ) as response:
-            data = []
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    data.append(line)
-                    gate.set()
-        heard = "".join(
-            json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in data[:-1]
-        )
-        assert heard == "".join(texts) and data[-1] == "data: [DONE]"
+        assert gated_reply(bridge, gate) == ("".join(texts), "data: [DONE]")
     finally:
         raw.close()
 
