@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -152,16 +153,22 @@ def bridge_factory_and_fake(
 
 
 class Loopback:
-    """A listener on loopback that serves each connection in a thread of its own."""
+    """A listener on loopback that serves each connection in a thread of its own (over TLS
+    with ``tls``: the certificate in tests/data, for 127.0.0.1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self.tls: ssl.SSLContext | None = None
+        if tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(DATA / "loopback-cert.pem", DATA / "loopback-key.pem")
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/v1"
 
     def _accept(self) -> None:
         while True:
@@ -170,7 +177,16 @@ class Loopback:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return
+        self.serve(conn)
 
     def serve(self, conn: socket.socket) -> None:
         raise NotImplementedError
@@ -423,11 +439,13 @@ class RawUpstream(Loopback):
     given pieces (headers and body bytes grouped at odd places), on keep-alive connections.
     With ``gate``, each piece after the first waits for it to be set (and clears it)."""
 
-    def __init__(self, pieces: list[bytes], gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, pieces: list[bytes], gate: threading.Event | None = None, *, tls: bool = False
+    ) -> None:
         self.pieces = pieces
         self.gate = gate
         self.requests = 0
-        super().__init__()
+        super().__init__(tls=tls)
 
     def serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -657,5 +675,25 @@ def test_the_reply_ends_before_the_upstream_body_does(
             heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
             assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
         assert raw.connections == 1, "the upstream's end was still read: the connection kept"
+    finally:
+        raw.close()
+
+
+def test_over_tls_replies_relay_whole_and_share_one_connection(
+    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SambaNova is reached over TLS: the reader takes the TLS socket under httpx, and the
+    connection (its handshake) serves the next turns. ``SSL_CERT_FILE`` is httpx's own way
+    to trust another CA (a corporate proxy's, here the test certificate)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(DATA / "loopback-cert.pem"))
+    body = sse_body(["Sure", "! Let me", " check."])
+    raw = RawUpstream([HEAD + body[:40], body[40:]], tls=True)
+    try:
+        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
+        for _ in range(3):
+            events = sse_events(bridge.post(vapi_request()))
+            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
+            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
+        assert raw.requests == 3 and raw.connections == 1
     finally:
         raw.close()
