@@ -139,6 +139,11 @@ def sse_events(response: httpx.Response) -> list[Any]:
     return events
 
 
+def text_of(chunks: list[Any]) -> str:
+    """The text a stream's chunks carry (chunks without choices carry none)."""
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
 def sse_cut(response: httpx.Response) -> str | None:
     """Why the bridge cut this reply short, from its SSE comment; ``None`` for a whole reply."""
     for event in sse.events(response.text.split("\n"), comments=True):

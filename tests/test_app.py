@@ -16,6 +16,7 @@ from tests.helpers import (
     LogCapture,
     RunningBridge,
     sse_events,
+    text_of,
     vapi_request,
 )
 from vapi_bridge.translate import FORWARDED_PARAMS
@@ -30,10 +31,6 @@ def chunks_of(events: list[Any]) -> list[dict[str, Any]]:
         assert isinstance(event["created"], int)
         assert isinstance(event["id"], str) and event["model"]
     return events[:-1]
-
-
-def text_of(chunks: list[dict[str, Any]]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from tests.helpers import (
     RunningBridge,
     sse_cut,
     sse_events,
+    text_of,
     vapi_request,
 )
 from tests.process import Serve
@@ -31,8 +32,7 @@ FULL = "Sure! Let me check Tuesday for you."
 
 
 def heard(response: Any) -> str:
-    chunks = sse_events(response)[:-1]
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return text_of(sse_events(response)[:-1])
 
 
 def asked(fake: FakeSambaNova) -> list[str]:

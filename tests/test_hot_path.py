@@ -16,7 +16,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
-from tests.helpers import BridgeFactory, RunningBridge, sse_events, vapi_request
+from tests.helpers import BridgeFactory, RunningBridge, sse_events, text_of, vapi_request
 from vapi_bridge import sse, upstream
 from vapi_bridge.errors import InBandError, UpstreamStreamBroken
 from vapi_bridge.reasoning import ReasoningFilter
@@ -227,12 +227,10 @@ def proxy(fake: FakeSambaNova) -> Iterator[CountingProxy]:
     counting.close()
 
 
-def test_streamed_turns_reuse_the_upstream_connection(
-    start_bridge: BridgeFactory, proxy: CountingProxy
-) -> None:
+def test_streamed_turns_reuse_the_upstream_connection(behind: Behind, proxy: CountingProxy) -> None:
     """After [DONE] the reader takes the body's last bytes, so the connection (over TLS: its
     handshake) serves the next turn instead of being closed."""
-    bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=proxy.url))
+    bridge = behind(proxy)
     for _ in range(3):
         events = sse_events(bridge.post(vapi_request()))
         assert events[-1] == "[DONE]" and len(events) > 2
@@ -468,6 +466,30 @@ class RawUpstream(Loopback):
                     conn.sendall(piece)
 
 
+Behind = Callable[[Loopback], RunningBridge]
+
+
+@pytest.fixture
+def behind(start_bridge: BridgeFactory) -> Iterator[Behind]:
+    """A bridge whose SambaNova is the given loopback server, closed after the test."""
+    servers: list[Loopback] = []
+
+    def start(server: Loopback) -> RunningBridge:
+        servers.append(server)
+        return start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=server.url))
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def whole_reply(bridge: RunningBridge) -> str:
+    """One streamed turn, checked to end with [DONE]: the text a caller hears."""
+    events = sse_events(bridge.post(vapi_request()))
+    assert events[-1] == "[DONE]", events[-3:]
+    return text_of(events[:-1])
+
+
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -478,21 +500,16 @@ def sse_body(texts: list[str]) -> bytes:
 
 @pytest.mark.parametrize("cut", [0, 3, 7, 40, 200, -9, -3])
 def test_a_body_cut_anywhere_relays_whole_and_keeps_the_connection(
-    start_bridge: BridgeFactory, cut: int
+    behind: Behind, cut: int
 ) -> None:
     """Headers and body bytes arrive grouped in any way (the first chunk with the headers,
     half of it, the end split); each reply is whole and the connection serves the next."""
     body = sse_body(["Sure", "! Let me", " check."])
     raw = RawUpstream([HEAD + body[:cut], body[cut:]])
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        for _ in range(3):
-            events = sse_events(bridge.post(vapi_request()))
-            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
-            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
-        assert raw.requests == 3 and raw.connections == 1
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    for _ in range(3):
+        assert whole_reply(bridge) == "Sure! Let me check."
+    assert raw.requests == 3 and raw.connections == 1
 
 
 def gated_reply(bridge: RunningBridge, gate: threading.Event) -> tuple[str, str]:
@@ -510,16 +527,11 @@ def gated_reply(bridge: RunningBridge, gate: threading.Event) -> tuple[str, str]
             if line.startswith("data: "):
                 data.append(line)
                 gate.set()
-    heard = "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in data[:-1]
-    )
-    return heard, data[-1]
+    return text_of([json.loads(line[6:]) for line in data[:-1]]), data[-1]
 
 
 @pytest.mark.parametrize("into", [1, 5, 60])
-def test_a_chunk_split_after_the_headers_keeps_the_connection(
-    start_bridge: BridgeFactory, into: int
-) -> None:
+def test_a_chunk_split_after_the_headers_keeps_the_connection(behind: Behind, into: int) -> None:
     """The headers come with a whole chunk and part of the next, whose rest comes once the
     first is relayed, then the rest of the body. h11 held that part: it is fed up to that
     chunk's end and a last chunk of its own, so the connection serves the next turn."""
@@ -528,13 +540,10 @@ def test_a_chunk_split_after_the_headers_keeps_the_connection(
     gate = threading.Event()
     pieces = [HEAD + body[: ends[0] + into], body[ends[0] + into : ends[1]], body[ends[1] :]]
     raw = RawUpstream(pieces, gate)
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        for _ in range(2):
-            assert gated_reply(bridge, gate) == ("Sure! Let me check.", "data: [DONE]")
-        assert raw.requests == 2 and raw.connections == 1
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    for _ in range(2):
+        assert gated_reply(bridge, gate) == ("Sure! Let me check.", "data: [DONE]")
+    assert raw.requests == 2 and raw.connections == 1
 
 
 def events_body(texts: list[str]) -> bytes:
@@ -545,7 +554,7 @@ def events_body(texts: list[str]) -> bytes:
 
 
 @pytest.mark.parametrize("framing", ["content-length", "gzip"])
-def test_other_bodies_go_the_general_way(start_bridge: BridgeFactory, framing: str) -> None:
+def test_other_bodies_go_the_general_way(behind: Behind, framing: str) -> None:
     """A body with a length (h11 event by event) or compressed (httpx's decoding iterators)
     relays the same reply."""
     plain = events_body(["Sure", "! Let me", " check."])
@@ -558,17 +567,12 @@ def test_other_bodies_go_the_general_way(start_bridge: BridgeFactory, framing: s
         head += b"Content-Length: %d\r\n\r\n" % len(plain)
         body = plain
     raw = RawUpstream([head + body[:7], body[7:]])
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        for _ in range(2):
-            events = sse_events(bridge.post(vapi_request()))
-            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
-            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
-        assert raw.requests == 2
-        if framing == "content-length":
-            assert raw.connections == 1, "h11 read to the body's end: the connection is kept"
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    for _ in range(2):
+        assert whole_reply(bridge) == "Sure! Let me check."
+    assert raw.requests == 2
+    if framing == "content-length":
+        assert raw.connections == 1, "h11 read to the body's end: the connection is kept"
 
 
 def test_a_serving_process_makes_full_collections_rare(start_bridge: BridgeFactory) -> None:
@@ -618,13 +622,11 @@ def test_an_httpcore_laid_out_otherwise_reads_through_httpx(
     them, replies go through httpx's public iterators, whole."""
     bridge = start_bridge()
     monkeypatch.setitem(sys.modules, "httpcore._sync.http11", None)  # importing it now fails
-    events = sse_events(bridge.post(vapi_request()))
-    heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
-    assert heard == "Sure! Let me check Tuesday for you." and events[-1] == "[DONE]"
+    assert whole_reply(bridge) == "Sure! Let me check Tuesday for you."
 
 
 def test_a_body_h11_cannot_catch_up_with_is_still_relayed_whole(
-    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+    behind: Behind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One long chunk that no read ends inside a boundary of (a proxy re-chunking a buffered
     body): past the catch-up limit the connection is given up on, never the reply."""
@@ -636,11 +638,8 @@ def test_a_body_h11_cannot_catch_up_with_is_still_relayed_whole(
     gate = threading.Event()
     pieces = [HEAD + one_chunk[: first_end + 5], one_chunk[first_end + 5 : first_end + 600]]
     raw = RawUpstream([*pieces, one_chunk[first_end + 600 :]], gate)
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        assert gated_reply(bridge, gate) == ("".join(texts), "data: [DONE]")
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    assert gated_reply(bridge, gate) == ("".join(texts), "data: [DONE]")
 
 
 def test_a_late_abort_leaves_a_pooled_connection_alone(proxy: CountingProxy) -> None:
@@ -659,7 +658,7 @@ def test_a_late_abort_leaves_a_pooled_connection_alone(proxy: CountingProxy) -> 
 
 
 def test_the_reply_ends_before_the_upstream_body_does(
-    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+    behind: Behind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After [DONE] the bridge waits a little for the upstream body's end, to keep its
     connection; the client's reply ends without waiting for it."""
@@ -667,20 +666,15 @@ def test_the_reply_ends_before_the_upstream_body_does(
     body = chunked([events_body(["Sure", "! Let me", " check."])])
     gate = threading.Event()
     raw = RawUpstream([HEAD + body[:-5], body[-5:]], gate)  # the end, once the client has all
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        for _ in range(2):
-            events = sse_events(bridge.post(vapi_request(), timeout=10))
-            gate.set()
-            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
-            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
-        assert raw.connections == 1, "the upstream's end was still read: the connection kept"
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    for _ in range(2):
+        assert whole_reply(bridge) == "Sure! Let me check."
+        gate.set()
+    assert raw.connections == 1, "the upstream's end was still read: the connection kept"
 
 
 def test_over_tls_replies_relay_whole_and_share_one_connection(
-    start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch
+    behind: Behind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SambaNova is reached over TLS: the reader takes the TLS socket under httpx, and the
     connection (its handshake) serves the next turns. ``SSL_CERT_FILE`` is httpx's own way
@@ -688,12 +682,7 @@ def test_over_tls_replies_relay_whole_and_share_one_connection(
     monkeypatch.setenv("SSL_CERT_FILE", str(DATA / "loopback-cert.pem"))
     body = sse_body(["Sure", "! Let me", " check."])
     raw = RawUpstream([HEAD + body[:40], body[40:]], tls=True)
-    try:
-        bridge = start_bridge(upstream=SambaNovaUpstream(api_key="test-key", base_url=raw.url))
-        for _ in range(3):
-            events = sse_events(bridge.post(vapi_request()))
-            heard = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1])
-            assert heard == "Sure! Let me check." and events[-1] == "[DONE]"
-        assert raw.requests == 3 and raw.connections == 1
-    finally:
-        raw.close()
+    bridge = behind(raw)
+    for _ in range(3):
+        assert whole_reply(bridge) == "Sure! Let me check."
+    assert raw.requests == 3 and raw.connections == 1
