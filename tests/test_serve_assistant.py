@@ -52,6 +52,16 @@ def tunnel_side(public: str) -> str:
     return public.replace(HOST, "127.0.0.1")
 
 
+def chat_through_tunnel(public: str, bearer: str) -> int:
+    """The status of a turn sent as Vapi sends it, with this credential."""
+    reply = httpx.post(
+        tunnel_side(public) + "/chat/completions",
+        json=vapi_request(),
+        headers={"Authorization": f"Bearer {bearer}"},
+    )
+    return reply.status_code
+
+
 def assert_restored(vapi: FakeVapi, riley: str) -> None:
     restored = vapi.get(riley)
     assert restored["model"] == MODEL
@@ -74,12 +84,7 @@ def test_serve_wires_the_assistant_to_the_tunnel_and_ctrl_c_puts_it_back(
             assert credential["apiKey"] == SECRET
             # The credential Vapi will send is accepted (the fake host does not resolve, so
             # through the tunnel's loopback side).
-            reply = httpx.post(
-                tunnel_side(public) + "/chat/completions",
-                json=vapi_request(),
-                headers={"Authorization": f"Bearer {credential['apiKey']}"},
-            )
-            assert reply.status_code == 200
+            assert chat_through_tunnel(public, credential["apiKey"]) == 200
             assert serve.stop("SIGINT") == 0
         assert_restored(vapi, riley)
         assert GOOD_KEY not in serve.stderr + "".join(serve.err_lines)
@@ -130,12 +135,7 @@ def test_serve_oauth_wires_the_oauth2_credential_vapi_then_uses(
                 data={"grant_type": "client_credentials"},
                 auth=(plan["clientId"], plan["clientSecret"]),
             ).json()["access_token"]
-            reply = httpx.post(
-                tunnel_side(public) + "/chat/completions",
-                json=vapi_request(),
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert reply.status_code == 200
+            assert chat_through_tunnel(public, token) == 200
             assert serve.stop("SIGINT") == 0
         assert_restored(vapi, riley)
         assert client_secret not in serve.stderr + "".join(serve.err_lines)
