@@ -188,14 +188,14 @@ def bridge_credentials(
     bridge key, and with ``oauth`` the OAuth2 plan Vapi then authenticates with (Vapi's
     schema asks for an ``apiKey`` beside the plan; the bridge key, still valid, is it)."""
     others = [c for c in (current if isinstance(current, list) else []) if not _is_custom(c)]
+    if not bridge_key and oauth is None:
+        return others
     credential: dict[str, Any] = {"provider": CUSTOM_LLM, "name": "vapi-bridge"}
     if bridge_key:
         credential["apiKey"] = bridge_key
     if oauth is not None:
         credential["authenticationPlan"] = oauth.plan(url)
-    if len(credential) > 2:
-        others.append(credential)
-    return others
+    return [*others, credential]
 
 
 def points_at_bridge(

@@ -271,8 +271,7 @@ class SSEStream:
     def _httpx_blocks(self) -> Iterator[bytes]:
         """The body's bytes through httpx (decompressed when the upstream compressed them)."""
         http = self._response.http_response
-        encoding = http.headers.get("content-encoding", "identity").strip().lower()
-        return iter(http.iter_raw() if encoding == "identity" else http.iter_bytes())
+        return iter(http.iter_raw() if _uncompressed(http) else http.iter_bytes())
 
     def close(self) -> None:
         """Release the response; after a whole reply its connection goes back to the pool."""
@@ -303,6 +302,12 @@ class SSEStream:
 
 
 _CLOSED = httpx.ByteStream(b"")
+
+
+def _uncompressed(response: httpx.Response) -> bool:
+    """The body is sent as is (its raw bytes are the events)."""
+    encoding = str(response.headers.get("content-encoding", "identity"))
+    return encoding.strip().lower() == "identity"
 
 
 class _Wire:
@@ -342,7 +347,7 @@ class _Wire:
             from httpcore._sync.http11 import HTTP11ConnectionByteStream
         except ImportError:
             return None
-        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        if not _uncompressed(response):
             return None
         stream: Any = response.stream
         try:
