@@ -258,9 +258,7 @@ class _StartedAgent:
     def __call__(self, log: Any) -> None:
         """pyngrok's ``log_event_callback``: called for each log line it reads."""
         if self.agent is None:
-            from pyngrok import process
-
-            self.agent = process._current_processes.get(self.ngrok_path)
+            self.agent = _agent_process(self.ngrok_path)
 
     def unread_error(self) -> str | None:
         agent = self.agent
@@ -276,12 +274,18 @@ class _StartedAgent:
         return None
 
 
-def _agent_pid(config: Any) -> int | None:
-    """The running agent's pid, looked up without side effects (``ngrok.get_ngrok_process``
-    would start a new agent if this one had just died)."""
+def _agent_process(ngrok_path: str) -> Any:
+    """pyngrok's record of the agent at ``ngrok_path`` (``None`` if none), looked up without
+    side effects: ``ngrok.get_ngrok_process`` would start a new agent if this one had just
+    died. It is pyngrok's private table (pyngrok is pinned below 10)."""
     from pyngrok import process
 
-    running = process._current_processes.get(config.ngrok_path)
+    return process._current_processes.get(ngrok_path)
+
+
+def _agent_pid(config: Any) -> int | None:
+    """The running agent's pid."""
+    running = _agent_process(config.ngrok_path)
     return int(running.proc.pid) if running is not None else None
 
 
@@ -292,9 +296,7 @@ def _kill_starting_agent(ngrok_path: str) -> None:
     would wait forever; killing the process directly ends that read, and pyngrok then cleans
     up its own state and raises in the worker thread.
     """
-    from pyngrok import process
-
-    starting = process._current_processes.get(ngrok_path)
+    starting = _agent_process(ngrok_path)
     if starting is not None:
         with contextlib.suppress(OSError):
             starting.proc.kill()
