@@ -686,3 +686,17 @@ def test_over_tls_replies_relay_whole_and_share_one_connection(
     for _ in range(3):
         assert whole_reply(bridge) == "Sure! Let me check."
     assert raw.requests == 3 and raw.connections == 1
+
+
+def test_over_tls_events_larger_than_a_record_and_many_in_one_relay_whole(
+    behind: Behind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read without waiting on the relay loop, TLS hands over at most one record (16 KiB) a
+    read: events that span records, and many events in one, all arrive in order."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(DATA / "loopback-cert.pem"))
+    texts = [f"{i:02d}" + "x" * 40_000 if i % 3 == 0 else f"{i:02d} " for i in range(30)]
+    raw = RawUpstream([HEAD + sse_body(texts)], tls=True)
+    bridge = behind(raw)
+    for _ in range(2):
+        assert whole_reply(bridge) == "".join(texts)
+    assert raw.connections == 1

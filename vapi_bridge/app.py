@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from vapi_bridge import __version__, sse
+from vapi_bridge import __version__, relay, sse
 from vapi_bridge.attempts import Cooldowns, Policy
 from vapi_bridge.auth import Guard, token_endpoint
 from vapi_bridge.errors import (
@@ -223,7 +223,8 @@ def chat() -> Response:
     g.deferred_log = True
     frames = turn.start()
     try:
-        response = Response(frames, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
+        body = relay.body(frames, turn, request.environ)
+        response = Response(body, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
         _name_models(response, turn, chat_request.model)
     except BaseException:
         turn.close()

@@ -41,6 +41,10 @@ class DemoStream:
     def abort(self) -> None:
         self._closed.set()
 
+    def without_waiting(self) -> bool:
+        """Its waits are timed sleeps, not sockets: it stays on the request's thread."""
+        return False
+
 
 class DemoUpstream:
     """Answers like SambaNova would, from rules instead of a model."""

@@ -14,6 +14,7 @@ import io
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,21 @@ def quiet_gc() -> None:
     """
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_GC_AFTER)
+
+
+# How long a thread may keep the GIL while another waits for it (Python's default: 5 ms).
+SWITCH_INTERVAL = 0.0005
+
+
+def quick_handover() -> None:
+    """Let the relay loop take the GIL back sooner.
+
+    The loop gives the GIL up in every socket call; a request's thread may take it then, and
+    the loop waits until that thread gives it up or this interval passes. At 5 ms every
+    stream waits behind one request's work; at 0.5 ms, at a hundred streams, the added time
+    to the first token dropped from about +85 to +35 ms (p99) on this project's benchmark.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def local_url(host: str, port: int) -> str:
@@ -118,6 +134,10 @@ class BridgeServer:
     def __init__(self, app: Flask, host: str, port: int, end_live_turns: Callable[[], int]) -> None:
         from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+        from vapi_bridge.relay import ENVIRON_KEY, RelayLoop
+
+        relay = self._relay = RelayLoop()
+
         class NoDelayHandler(WSGIRequestHandler):
             """One send per SSE chunk, sent at once.
 
@@ -143,6 +163,11 @@ class BridgeServer:
                     finally:
                         with contextlib.suppress(OSError, ValueError):
                             self.wfile.flush()
+
+            def make_environ(self) -> Any:
+                environ = super().make_environ()
+                environ[ENVIRON_KEY] = relay
+                return environ
 
             def setup(self) -> None:
                 super().setup()
@@ -186,6 +211,7 @@ class BridgeServer:
 
     def start(self) -> None:
         quiet_gc()
+        quick_handover()
         self._thread.start()
 
     def stop(self, grace: float = 5.0) -> int:
@@ -203,9 +229,11 @@ class BridgeServer:
         for thread in late:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._inflight.wait_idle(max(0.0, deadline - time.monotonic())):
+            self._relay.close()
             return 0
         cut = self._end_live_turns()
         self._inflight.wait_idle(2.0)
+        self._relay.close()
         return cut
 
     def _serve_backlog(self) -> list[threading.Thread]:

@@ -30,7 +30,7 @@ from vapi_bridge.reply import Reply, ToolCall
 from vapi_bridge.reqlog import RequestRecord
 from vapi_bridge.stages import Collect, Normalise, Pipeline, StageFactory, Trace
 from vapi_bridge.translate import ChatRequest, OnReply
-from vapi_bridge.upstream import ChunkStream, Upstream
+from vapi_bridge.upstream import Blocked, ChunkStream, Upstream
 
 log = logging.getLogger("vapi_bridge")
 
@@ -108,9 +108,11 @@ class Turn:
 
     # A streamed reply.
 
-    def start(self) -> Iterator[bytes]:
+    def start(self) -> Iterator[bytes | Blocked]:
         """Find a model that answers and read to the first frame; raises :class:`BridgeError`
         (an HTTP status for Vapi) when none does before the first byte.
+
+        The frames yield a :class:`Blocked` only after :meth:`without_waiting`.
 
         A model counts as answering at its first chunk, but the first *frame* can come much
         later (a reasoning model thinks first): a failure in between is still before the
@@ -231,6 +233,13 @@ class Turn:
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         }
 
+    def without_waiting(self) -> bool:
+        """Let the frames yield a :class:`Blocked` where the upstream read would wait, so that
+        a relay loop can carry this turn with many others; ``False`` (and nothing changed) when
+        its stream cannot (the apology, the demo model, an unusual transport)."""
+        stream = self._stream
+        return stream is not None and stream.without_waiting()
+
     def close(self) -> None:
         """Called when the server is done with the response, whether or not it ever started.
 
@@ -288,13 +297,16 @@ class Turn:
             self.ctx.live.watch(self)
         self.last_data = time.monotonic()
 
-    def _relay(self, first: bytes | None, chunks: Iterator[Any]) -> Iterator[bytes]:
+    def _relay(self, first: bytes | None, chunks: Iterator[Any]) -> Iterator[bytes | Blocked]:
         record = self.record
         try:
             if first is not None:
                 yield first
             try:
                 for raw in chunks:
+                    if raw.__class__ is Blocked:
+                        yield raw
+                        continue
                     self._saw_data()
                     out = self.pipeline.feed(raw)
                     if out is not None:

@@ -17,10 +17,12 @@ import json
 import logging
 import math
 import re
+import selectors
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
@@ -47,6 +49,18 @@ log = logging.getLogger("vapi_bridge")
 KEEPALIVE = 16
 
 
+class Blocked:
+    """Yielded by a stream reading without waiting, in place of a chunk: nothing can be read
+    until ``sock`` is ready for ``events`` (``selectors.EVENT_READ``, or ``EVENT_WRITE`` when
+    TLS must write before it can read). The relay loop waits for that, then iterates again."""
+
+    __slots__ = ("events", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.events = selectors.EVENT_READ
+
+
 class ChunkStream(Protocol):
     """An open upstream stream: parsed chunk objects, closable at any point."""
 
@@ -58,6 +72,10 @@ class ChunkStream(Protocol):
 
     def abort(self) -> None:
         """From any thread: make a read that is waiting for data return at once."""
+
+    def without_waiting(self) -> bool:
+        """From now on, yield a :class:`Blocked` where a read would wait (so that one thread
+        can relay many streams); ``False`` when this stream cannot, and then nothing changed."""
 
 
 class Upstream(Protocol):
@@ -241,6 +259,9 @@ class SSEStream:
         try:
             while True:
                 block = next(blocks, None)
+                if block.__class__ is Blocked:
+                    yield block
+                    continue
                 for name, data in parser.feed(block) if block is not None else parser.end():
                     if data.startswith(b"[DONE]"):
                         self._done = True
@@ -267,6 +288,12 @@ class SSEStream:
             ) from None
         except (httpx.HTTPError, OSError, h11.ProtocolError):
             raise UpstreamStreamBroken("The connection to SambaNova dropped mid-stream.") from None
+
+    def without_waiting(self) -> bool:
+        if self._wire is None:
+            return False
+        self._wire.without_waiting()
+        return True
 
     def _httpx_blocks(self) -> Iterator[bytes]:
         """The body's bytes through httpx (decompressed when the upstream compressed them)."""
@@ -336,7 +363,11 @@ class _Wire:
         self.timeout = timeout
         self.chunked = chunked
         self.deadline = math.inf
-        self._blocks: Iterator[bytes] | None = None
+        self._blocks: Iterator[Any] | None = None
+        # Set while reading without waiting: yielded when the socket has nothing to read.
+        self.blocked: Blocked | None = None
+        self._read_since_wait = False
+        self._pending: Callable[[], int] | None = getattr(sock, "pending", None)
 
     @classmethod
     def of(cls, response: httpx.Response) -> _Wire | None:
@@ -365,11 +396,18 @@ class _Wire:
         chunked = response.headers.get("transfer-encoding", "").strip().lower() == "chunked"
         return cls(state, sock, timeout, chunked)
 
-    def blocks(self) -> Iterator[bytes]:
-        """The body's data as it arrives (one read timeout for the whole body)."""
+    def blocks(self) -> Iterator[Any]:
+        """The body's data as it arrives (one read timeout for the whole body); a
+        :class:`Blocked` where a read would wait, once :meth:`without_waiting` was called."""
         self.sock.settimeout(self.timeout)
         self._blocks = self._chunked() if self.chunked else self._events()
         return self._blocks
+
+    def without_waiting(self) -> None:
+        """Reads from now on never wait: :meth:`blocks` yields :attr:`blocked` instead."""
+        self.sock.setblocking(False)
+        self.blocked = Blocked(self.sock)
+        self._read_since_wait = False
 
     def finish(self) -> None:
         """Read the body's end if it comes within :attr:`FINISH_WAIT`; else leave it (the
@@ -377,6 +415,7 @@ class _Wire:
         if self._blocks is None:
             return
         self.deadline = time.monotonic() + self.FINISH_WAIT
+        self.blocked = None
         try:
             self.sock.settimeout(self.FINISH_WAIT)
             for _ in self._blocks:
@@ -384,25 +423,52 @@ class _Wire:
         except (OSError, h11.ProtocolError):
             return
 
-    def _recv(self) -> bytes:
-        """One read from the socket (a deadline only while finishing)."""
+    def _recv(self) -> bytes | None:
+        """One read from the socket (a deadline only while finishing); ``None`` when reading
+        without waiting and there is nothing to read.
+
+        Without waiting, one read is made per wake of the relay loop: the next one is left
+        to the loop's next look at the socket, which serves every ready stream at once, unless
+        TLS holds bytes already decrypted (the socket would not show them as readable)."""
         if time.monotonic() > self.deadline:
             raise TimeoutError
-        return self.sock.recv(self.READ)
+        blocked = self.blocked
+        if blocked is None:
+            return self.sock.recv(self.READ)
+        if self._read_since_wait and not (self._pending is not None and self._pending()):
+            self._read_since_wait = False
+            blocked.events = selectors.EVENT_READ
+            return None
+        try:
+            block = self.sock.recv(self.READ)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            self._read_since_wait = False
+            blocked.events = selectors.EVENT_READ
+            return None
+        except ssl.SSLWantWriteError:
+            self._read_since_wait = False
+            blocked.events = selectors.EVENT_WRITE
+            return None
+        self._read_since_wait = True
+        return block
 
-    def _events(self) -> Iterator[bytes]:
+    def _events(self) -> Iterator[Any]:
         """A body that is not chunked, read through ``h11`` event by event."""
         state = self.state
         while True:
             event = state.next_event()
             if event is h11.NEED_DATA:
-                state.receive_data(self._recv())
+                block = self._recv()
+                while block is None:
+                    yield self.blocked
+                    block = self._recv()
+                state.receive_data(block)
             elif type(event) is h11.Data:
                 yield bytes(event.data)
             else:
                 return
 
-    def _chunked(self) -> Iterator[bytes]:
+    def _chunked(self) -> Iterator[Any]:
         """A chunked body's data, decoded here; ``h11`` kept in step at its ends."""
         state, decoder = self.state, _Chunks()
         held, _ = state.trailing_data  # body bytes that came with the headers: h11 has them
@@ -418,6 +484,9 @@ class _Wire:
             if decoder.done:
                 break
             block = self._recv()
+            while block is None:
+                yield self.blocked
+                block = self._recv()
             if not block:
                 raise h11.RemoteProtocolError(
                     "peer closed connection without sending complete message body "

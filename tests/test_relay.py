@@ -1,0 +1,213 @@
+"""The relay loop: one thread carries every stream after its first frame.
+
+The loop's own contract is tested over socket pairs (what it writes, whose thread ends a
+reply, a client that left or never reads); the bridge's, through the real server with the
+real SDK against the fake SambaNova.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
+from tests.helpers import BridgeFactory, LogCapture, sse_events, text_of, vapi_request
+from vapi_bridge import sse
+from vapi_bridge.relay import RelayLoop
+from vapi_bridge.upstream import Blocked
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    received = b""
+    while end not in received:
+        block = sock.recv(65536)
+        assert block, f"closed before {end!r}: {received[-200:]!r}"
+        received += block
+    return received
+
+
+@pytest.fixture
+def loop() -> Iterator[RelayLoop]:
+    relay = RelayLoop()
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def pairs() -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socket.socket]]:
+    """Vapi's side (the bridge's end, the client's end) and the upstream's (the same)."""
+    client, vapi = socket.socketpair()
+    upstream, sambanova = socket.socketpair()
+    yield client, vapi, upstream, sambanova
+    for sock in (client, vapi, upstream, sambanova):
+        sock.close()
+
+
+def test_frames_go_out_as_http_chunks_and_the_reply_ends_on_the_callers_thread(
+    loop: RelayLoop, pairs: tuple[socket.socket, ...]
+) -> None:
+    """Frames ready together go out together, each its own HTTP/1.1 chunk; the loop waits
+    on the upstream socket in between and stops after [DONE], so what runs after it (the
+    request log, reply hooks) runs on the request's thread."""
+    client, vapi, upstream, sambanova = pairs
+    read_on: list[threading.Thread] = []
+    ended_on: list[threading.Thread] = []
+
+    def frames() -> Iterator[bytes | Blocked]:
+        try:
+            yield b"data: 1\n\n"
+            yield b"data: 2\n\n"
+            yield Blocked(upstream)
+            read_on.append(threading.current_thread())
+            assert upstream.recv(16) == b"go"
+            yield b"data: 3\n\n"
+            yield sse.DONE
+        finally:
+            ended_on.append(threading.current_thread())
+
+    running = frames()
+    carried = threading.Thread(target=loop.carry, args=(running, client))
+    carried.start()
+    assert read_until(vapi, b"data: 2\n\n\r\n") == b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n"
+    sambanova.sendall(b"go")
+    assert (
+        read_until(vapi, sse.DONE + b"\r\n")
+        == b"9\r\ndata: 3\n\n\r\n" + b"%x\r\n" % len(sse.DONE) + sse.DONE + b"\r\n"
+    )
+    carried.join(5)
+    assert not carried.is_alive()
+    assert read_on[0] not in (threading.current_thread(), carried)  # the loop's thread
+    assert not ended_on
+    assert list(running) == []  # the frames are the caller's again, and end here
+    assert ended_on == [threading.current_thread()]
+    assert client.gettimeout() is None, "the client's socket is blocking again for the server"
+
+
+def test_a_client_that_left_raises_in_the_caller(
+    loop: RelayLoop, pairs: tuple[socket.socket, ...]
+) -> None:
+    client, vapi, _, _ = pairs
+    vapi.close()
+
+    def frames() -> Iterator[bytes | Blocked]:
+        while True:
+            yield b"data: x\n\n" * 1000
+
+    with pytest.raises(OSError):
+        loop.carry(frames(), client)
+
+
+def test_an_error_in_the_frames_reaches_the_caller(
+    loop: RelayLoop, pairs: tuple[socket.socket, ...]
+) -> None:
+    client = pairs[0]
+
+    def frames() -> Iterator[bytes | Blocked]:
+        yield b"data: 1\n\n"
+        raise ValueError("a stage failed")
+
+    with pytest.raises(ValueError, match="a stage failed"):
+        loop.carry(frames(), client)
+
+
+def test_closing_the_loop_releases_a_stream_whose_client_never_reads(
+    loop: RelayLoop, pairs: tuple[socket.socket, ...]
+) -> None:
+    client = pairs[0]
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writing = threading.Event()
+
+    def frames() -> Iterator[bytes | Blocked]:
+        writing.set()
+        while True:
+            yield b"data: x\n\n" * 1000
+
+    outcome: list[BaseException] = []
+
+    def carry() -> None:
+        try:
+            loop.carry(frames(), client)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    carried = threading.Thread(target=carry)
+    carried.start()
+    assert writing.wait(5)
+    loop.close()
+    carried.join(5)
+    assert isinstance(outcome[0], ConnectionAbortedError)
+    with pytest.raises(ConnectionAbortedError):
+        loop.carry(iter([sse.DONE]), client)
+
+
+# Through the bridge.
+
+
+def reply_text(response: httpx.Response) -> str:
+    *chunks, done = sse_events(response)
+    assert done == "[DONE]"
+    return text_of(chunks)
+
+
+def big_chunks(count: int, size: int) -> list[object]:
+    return [
+        chunk({"content": f"{i:04d}" + "a" * (size - 4), "role": "assistant"}) for i in range(count)
+    ]
+
+
+def test_a_client_that_stops_reading_holds_up_no_other_stream(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    """A reply larger than the sockets' buffers, to a client that stops reading: the loop
+    waits for that client alone, while another call's reply goes through whole."""
+    bridge = start_bridge()
+    parts = big_chunks(128, 64 * 1024)
+    fake.push(Script(chunks=[*parts, chunk({"content": ""}, "stop")]))
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    with socket.socket() as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(30)
+        stuck.connect((host, int(port)))
+        stuck.sendall(
+            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = read_until(stuck, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        other = bridge.post(vapi_request(), timeout=10)  # the stuck reply is still unread
+        assert reply_text(other) == "Sure! Let me check Tuesday for you."
+        received = head + read_until(stuck, b"0\r\n\r\n")
+    events = [line for line in received.split(b"\n") if line.startswith(b"data: {")]
+    texts = [json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in events]
+    whole = "".join(texts)
+    assert len(whole) == 128 * 64 * 1024
+    assert [whole[i * 65536 : i * 65536 + 4] for i in range(128)] == [
+        f"{i:04d}" for i in range(128)
+    ]
+    assert b"data: [DONE]" in received
+
+
+def test_a_barge_in_on_the_loop_is_logged_and_releases_the_upstream(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    """The caller talks over the reply after a few chunks (Vapi closes the connection): the
+    loop's next write fails, the turn ends as client_closed, and the upstream is closed."""
+    bridge = start_bridge()
+    fake.push(Script(chunks=text_chunks(["word "] * 200), gap=0.01))
+    with httpx.stream(
+        "POST", bridge.url + "/chat/completions", json=vapi_request(), headers=bridge.headers()
+    ) as response:
+        lines = response.iter_lines()
+        seen = [next(lines) for _ in range(6)]
+    assert any(line.startswith("data: {") for line in seen)
+    logs.wait_for(lambda line: "outcome=client_closed" in line)
+    assert fake.wait_no_open_streams()
+    assert reply_text(bridge.post(vapi_request())) == "Sure! Let me check Tuesday for you."
