@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib
 import json
 import os
 import selectors
@@ -168,10 +170,10 @@ def instrument(meter: Meter) -> None:
 
     from vapi_bridge import attempts, reasoning, reqlog, speech, sse, stages, turn, upstream
 
-    try:
-        from vapi_bridge import relay
-    except ImportError:  # a version without the relay loop
-        relay = None
+    relay = sys.modules.get("vapi_bridge.relay")  # absent in versions without the relay loop
+    if relay is None:
+        with contextlib.suppress(ImportError):
+            relay = importlib.import_module("vapi_bridge.relay")
 
     wrap, wrap_iter = meter.wrap, meter.wrap_iter
     wrap(socketserver.ThreadingMixIn, "process_request_thread", "per request: HTTP server")
