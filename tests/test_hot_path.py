@@ -17,6 +17,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,37 @@ def test_streamed_turns_reuse_the_upstream_connection(behind: Behind, proxy: Cou
         events = sse_events(bridge.post(vapi_request()))
         assert events[-1] == "[DONE]" and len(events) > 2
     assert proxy.connections == 1
+
+
+def test_streams_past_one_pool_overflow_to_the_next_and_connections_are_reused(
+    behind: Behind, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection pool carries a few streams at once (httpcore walks all of a pool's
+    connections per request); the next streams open another pool. Every pool is given its
+    streams back: later turns go to the first pool again, on a connection it kept."""
+    monkeypatch.setattr(upstream._Pools, "PER_POOL", 2)
+    bridge = behind(proxy)
+    body = {**vapi_request(), "model": "paced-6-20"}
+    with ThreadPoolExecutor(5) as pool:
+        replies = list(pool.map(lambda _: sse_events(bridge.post(body)), range(5)))
+    assert [text_of(events[:-1]) for events in replies] == ["tok tok tok tok tok tok "] * 5
+    assert all(events[-1] == "[DONE]" for events in replies)
+    assert proxy.connections == 5
+    for _ in range(3):
+        assert whole_reply(bridge) == "Sure! Let me check Tuesday for you."
+    assert proxy.connections == 5
+
+
+def test_cookies_set_by_the_upstream_are_never_sent_back(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    """One caller's turn must not carry state into another's: a cookie SambaNova (or a load
+    balancer before it) sets is not kept."""
+    bridge = start_bridge()
+    fake.push(Script(headers={"Set-Cookie": "session=caller-one; Path=/"}))
+    for _ in range(2):
+        assert whole_reply(bridge) == "Sure! Let me check Tuesday for you."
+    assert not any(name.lower() == "cookie" for name in fake.last.headers)
 
 
 # Framing: the encoder built once gives the bytes the stdlib encoder gives.
