@@ -33,6 +33,7 @@ from bench._harness import (
     stop,
 )
 from vapi_bridge import sse
+from vapi_bridge.server import Workers
 
 MESSAGES = [
     {"role": "system", "content": "You are Riley, a scheduling assistant. Keep answers short."},
@@ -47,6 +48,10 @@ SCENARIOS = {
     "upstream_fails_before_first_byte": (10, "fail-401"),
     "upstream_drops_mid_stream": (10, "drop"),
 }
+
+# The server keeps a finished connection's thread this long for the next connection: thread
+# counts are compared once those have ended.
+SETTLE = Workers.IDLE + 1
 
 
 class Tally:
@@ -195,7 +200,7 @@ def main() -> None:
         # upstream connection pool filled) and any growth after it is a leak.
         run_load(clients, url, args.warmup, Tally(), args.seed + 10_000, bridge.pid, port)
         upstream_open_streams(fake_url)
-        time.sleep(1)
+        time.sleep(SETTLE)
         before = proc_stats(bridge.pid, port)
         tally = Tally()
         started = time.monotonic()
@@ -206,7 +211,7 @@ def main() -> None:
             top = run_load(clients, url, args.duration / args.rounds, tally, seed, bridge.pid, port)
             peak = top if (top.rss_mb or 0) > (peak.rss_mb or 0) else peak
             left_open = upstream_open_streams(fake_url)
-            time.sleep(1)  # let the bridge's per-connection threads finish closing
+            time.sleep(SETTLE if round_number == args.rounds - 1 else 1)
             after_rounds.append(proc_stats(bridge.pid, port))
         elapsed = time.monotonic() - started
         after = after_rounds[-1]
