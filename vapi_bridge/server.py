@@ -219,6 +219,10 @@ class BridgeServer:
                         with contextlib.suppress(OSError, ValueError):
                             self.wfile.flush()
 
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                """The bridge writes its own request log; werkzeug's would format each
+                request's line only for its logger to drop it."""
+
             def make_environ(self) -> Any:
                 environ = super().make_environ()
                 environ[ENVIRON_KEY] = relay

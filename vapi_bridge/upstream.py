@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import h11
 import httpx
@@ -208,6 +208,9 @@ class _Pool:
         self.client = client
         self.busy = 0
         self._pools = pools
+        # Absolute and parsed once: the SDK and httpx each parse and join a relative path
+        # with the base URL on every request (about 5% of a request's CPU, profiled).
+        self._url = client.base_url.join(CHAT_PATH.lstrip("/"))
 
     def post(self, params: dict[str, Any], timeout: httpx.Timeout, *, stream: bool) -> Any:
         """The chat completion request for already-validated ``params``, answered with the
@@ -220,7 +223,7 @@ class _Pool:
         bytes back out.
         """
         return self.client.post(
-            CHAT_PATH,
+            cast(str, self._url),
             cast_to=httpx.Response,
             body=params,
             options={"timeout": timeout},
