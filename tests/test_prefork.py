@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.fakes.sambanova import FakeSambaNova
-from tests.helpers import SECRET, assert_ended_cleanly_by_the_stop, stop_during_streams, wait_until
+from tests.fakes.sambanova import FakeSambaNova, Script, text_chunks
+from tests.helpers import (
+    SECRET,
+    assert_ended_cleanly_by_the_stop,
+    sse_events,
+    stop_during_streams,
+    text_of,
+    vapi_request,
+    wait_until,
+)
 from tests.process import Serve, agents_left, processes_with, run_cli, tunnel_env
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
@@ -136,3 +146,41 @@ def test_workers_import_a_hook_module_once(fake: FakeSambaNova, tmp_path: Path) 
         assert serve.stop("SIGTERM") == 0
     assert imports.read_text().splitlines() == ["imported"]
     assert "/health" not in serve.stderr, "health checks are not request-logged"
+
+
+def test_workers_relay_long_replies_whole_over_http_1_1_and_1_0(fake: FakeSambaNova) -> None:
+    """Each worker's relay loop writes HTTP/1.1 chunks after gunicorn's first frame; an
+    HTTP/1.0 request (gunicorn does not chunk its reply) is relayed by its own thread."""
+    parts = [f"word{i} " for i in range(400)]
+    fake.push(Script(chunks=text_chunks(parts)), Script(chunks=text_chunks(parts)))
+    with Serve(
+        "--no-tunnel", "--port", "0", "--workers", "2", "--secret", SECRET, env=env_for(fake)
+    ) as serve:
+        url = serve.stdout_line()
+        reply = httpx.post(
+            url + "/chat/completions",
+            json=vapi_request(),
+            headers={"Authorization": f"Bearer {SECRET}"},
+            timeout=10,
+        )
+        assert reply.headers["Transfer-Encoding"] == "chunked"
+        events = sse_events(reply)
+        assert events[-1] == "[DONE]" and text_of(events[:-1]) == "".join(parts)
+        body = json.dumps(vapi_request()).encode()
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            received = b""
+            while block := sock.recv(65536):
+                received += block
+        head, _, events = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+        datas = [line[6:] for line in events.decode().split("\n\n") if line.startswith("data: ")]
+        assert datas[-1] == "[DONE]"
+        assert text_of([json.loads(data) for data in datas[:-1]]) == "".join(parts)
+        assert serve.stop("SIGTERM") == 0
+    assert "Traceback" not in serve.stderr

@@ -155,7 +155,8 @@ def main(argv: list[str]) -> None:
     from vapi_bridge.app import bridge_of, create_app
     from vapi_bridge.errors import BridgeError
     from vapi_bridge.metrics import mark_process_dead
-    from vapi_bridge.server import quiet_gc
+    from vapi_bridge.relay import RelayLoop, offer
+    from vapi_bridge.server import quick_handover, quiet_gc
 
     fd, report_fd, settings_file = int(argv[0]), int(argv[1]), Path(argv[2])
     settings = from_json(settings_file.read_text(encoding="utf-8"))
@@ -167,8 +168,22 @@ def main(argv: list[str]) -> None:
             os.write(report_fd, (json.dumps(fields) + "\n").encode())
 
     def on_worker_ready(worker: Any) -> None:
-        quiet_gc()  # each worker relays as the single process does
-        bridge = bridge_of(worker.wsgi)
+        # Each worker relays as the single process does, with a relay loop of its own (made
+        # here, after the fork: a loop's selector must not be shared between processes).
+        quiet_gc()
+        quick_handover()
+        app = worker.wsgi
+        bridge = bridge_of(app)
+        relay = worker.vapi_bridge_relay = RelayLoop()
+        wsgi_app = app.wsgi_app
+
+        def relayed(environ: dict[str, Any], start_response: Any) -> Any:
+            # gunicorn chunks a streamed reply only for an HTTP/1.1 request.
+            if environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
+                offer(environ, relay, environ["gunicorn.socket"])
+            return wsgi_app(environ, start_response)
+
+        app.wsgi_app = relayed
         previous = signal.getsignal(signal.SIGTERM)
 
         def end_live_turns() -> None:
@@ -188,6 +203,9 @@ def main(argv: list[str]) -> None:
 
     def on_worker_exit(_arbiter: Any, worker: Any) -> None:
         lost = bridge_of(worker.wsgi).close(grace)
+        relay = getattr(worker, "vapi_bridge_relay", None)
+        if relay is not None:
+            relay.close()
         if lost:
             report(lost=lost)
 

@@ -6,10 +6,12 @@ switches) costs more CPU than the chunk's own work, and every stream waits for i
 loop waits on every stream's upstream socket at once and, for each one that is readable, runs
 the turn's frames (read, stages, framing) and writes what came out to Vapi's socket.
 
-The request's thread still does everything per request: werkzeug parses the request, Flask
-runs the app, the turn finds a model and writes the first frame (status and headers with it).
-It then hands the frames to the loop and waits; the loop hands them back once ``[DONE]`` is
-written, and the request's thread ends the turn and the response as before. So the loop only
+Each server process runs one loop (werkzeug's threaded server; each gunicorn worker with
+``--workers``). The request's thread still does everything per request: the server parses
+the request, Flask runs the app, the turn finds a model and writes the first frame (status
+and headers with it). It then hands the frames to the loop and waits; the loop hands them
+back once ``[DONE]`` is written, and the request's thread ends the turn and the response as
+before. So the loop only
 ever runs stages and framing: the request log and reply hooks (user code that may block)
 stay on the request's thread.
 """
@@ -32,7 +34,7 @@ log = logging.getLogger("vapi_bridge")
 
 # Where a server that runs a relay loop puts it in the WSGI environ, and the client's socket.
 ENVIRON_KEY = "vapi_bridge.relay"
-SOCKET_KEY = "werkzeug.socket"
+SOCKET_KEY = "vapi_bridge.client"
 
 # Frames that are ready together go out in one write, up to this many bytes.
 WRITE_MAX = 64 * 1024
@@ -268,6 +270,13 @@ class Handover:
         close = getattr(self._frames, "close", None)
         if close is not None:
             close()
+
+
+def offer(environ: dict[str, object], loop: RelayLoop, client: socket.socket) -> None:
+    """Let ``loop`` carry this request's streamed reply, written to ``client``. The loop
+    writes HTTP/1.1 chunks: a server offers only the replies it sends chunked."""
+    environ[ENVIRON_KEY] = loop
+    environ[SOCKET_KEY] = client
 
 
 def body(

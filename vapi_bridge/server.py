@@ -189,7 +189,7 @@ class BridgeServer:
     def __init__(self, app: Flask, host: str, port: int, end_live_turns: Callable[[], int]) -> None:
         from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-        from vapi_bridge.relay import ENVIRON_KEY, RelayLoop
+        from vapi_bridge.relay import RelayLoop, offer
 
         relay = self._relay = RelayLoop()
 
@@ -225,7 +225,8 @@ class BridgeServer:
 
             def make_environ(self) -> Any:
                 environ = super().make_environ()
-                environ[ENVIRON_KEY] = relay
+                # werkzeug chunks every streamed reply (its protocol is HTTP/1.1 when threaded).
+                offer(environ, relay, self.connection)
                 return environ
 
             def setup(self) -> None:
