@@ -177,9 +177,9 @@ def test_workers_relay_long_replies_whole_over_http_1_1_and_1_0(fake: FakeSambaN
             received = b""
             while block := sock.recv(65536):
                 received += block
-        head, _, events = received.partition(b"\r\n\r\n")
+        head, _, raw = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
-        datas = [line[6:] for line in events.decode().split("\n\n") if line.startswith("data: ")]
+        datas = [line[6:] for line in raw.decode().split("\n\n") if line.startswith("data: ")]
         assert datas[-1] == "[DONE]"
         assert text_of([json.loads(data) for data in datas[:-1]]) == "".join(parts)
         assert serve.stop("SIGTERM") == 0
