@@ -8,7 +8,10 @@ real SDK against the fake SambaNova.
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -211,3 +214,73 @@ def test_a_barge_in_on_the_loop_is_logged_and_releases_the_upstream(
     logs.wait_for(lambda line: "outcome=client_closed" in line)
     assert fake.wait_no_open_streams()
     assert reply_text(bridge.post(vapi_request())) == "Sure! Let me check Tuesday for you."
+
+
+# Review findings (branch ``review``): each test below shows a problem found in review.
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a descriptor above FD_SETSIZE")
+@pytest.mark.xfail(
+    strict=True,
+    reason="REVIEW: one select() failure kills the relay loop for good; every later stream "
+    "is cut after its first frame (on Windows, select() fails past 512 sockets)",
+)
+def test_review_a_select_failure_does_not_end_every_later_stream(
+    monkeypatch: pytest.MonkeyPatch, pairs: tuple[socket.socket, ...]
+) -> None:
+    """Windows' DefaultSelector is select(), which refuses more than 512 sockets (Linux's,
+    a descriptor past 1024): the loop's thread dies, marks itself closing, and from then on
+    ``carry`` refuses every stream. Reproduced here with select() and a high descriptor."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1100:
+        pytest.skip("the descriptor limit is too low for a descriptor above FD_SETSIZE")
+    monkeypatch.setattr(selectors, "DefaultSelector", selectors.SelectSelector)
+    relay = RelayLoop()
+    client, _, upstream, _ = pairs
+    high = socket.socket(fileno=os.dup2(upstream.fileno(), 1100))
+    try:
+
+        def frames() -> Iterator[bytes | Blocked]:
+            yield b"data: 1\n\n"
+            yield Blocked(high)
+            yield sse.DONE
+
+        with pytest.raises(OSError):  # this stream may fail...
+            relay.carry(frames(), client)
+        other, other_vapi = socket.socketpair()
+        with other, other_vapi:  # ...but the next one must not
+            relay.carry(iter([b"data: 2\n\n", sse.DONE]), other)
+            assert read_until(other_vapi, sse.DONE + b"\r\n").startswith(b"9\r\ndata: 2")
+    finally:
+        high.close()
+        relay.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")
+def test_review_a_server_that_cannot_bind_leaves_no_relay_loop_open(
+    start_bridge: BridgeFactory,
+) -> None:
+    """The relay loop (a selector and a socket pair) is made before the port is bound: on a
+    busy port it stayed open until the next full garbage collection (the handler class
+    refers to it in a cycle)."""
+    import gc
+    from typing import cast
+
+    from flask import Flask
+
+    from vapi_bridge.errors import BridgeError
+    from vapi_bridge.server import BridgeServer
+
+    running = start_bridge()
+    port = running.server.port
+    app = cast(Flask, running.server._server.app)
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises((BridgeError, OSError)):
+                BridgeServer(app, "127.0.0.1", port, running.bridge.end_live_turns)
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        gc.enable()

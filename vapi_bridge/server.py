@@ -255,11 +255,17 @@ class BridgeServer:
         self._end_live_turns = end_live_turns
         inflight = self._inflight = InFlight()
         # werkzeug would print its own message and exit the process on a busy port.
-        listener = listen(host, port)
         try:
-            self._server = Listener(host, port, app, handler=NoDelayHandler, fd=listener.fileno())
-        finally:
-            listener.close()
+            listener = listen(host, port)
+            try:
+                self._server = Listener(
+                    host, port, app, handler=NoDelayHandler, fd=listener.fileno()
+                )
+            finally:
+                listener.close()
+        except BaseException:
+            relay.close()  # its selector and socket pair are open already
+            raise
         self._stopped = False
         self._thread = threading.Thread(
             target=self._server.serve_forever,
