@@ -28,7 +28,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
-from tests.helpers import BridgeFactory, RunningBridge, sse_events, text_of, vapi_request
+from tests.helpers import (
+    BridgeFactory,
+    RunningBridge,
+    sse_events,
+    text_of,
+    vapi_request,
+    wait_until,
+)
 from vapi_bridge import sse, upstream
 from vapi_bridge.errors import InBandError, UpstreamStreamBroken
 from vapi_bridge.reasoning import ReasoningFilter
@@ -197,25 +204,32 @@ class Loopback:
 
 
 class CountingProxy(Loopback):
-    """A TCP forwarder in front of the fake that counts the connections made through it."""
+    """A TCP forwarder in front of the fake that counts the connections made through it, and
+    those the bridge has closed."""
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.closed_by_bridge = 0
+        self._lock = threading.Lock()
         super().__init__()
 
     def serve(self, conn: socket.socket) -> None:
         server = socket.create_connection(("127.0.0.1", self.port))
         for source, sink in ((conn, server), (server, conn)):
-            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(source, sink, source is conn), daemon=True
+            ).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, from_bridge: bool) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
         except OSError:
             pass
         finally:
+            if from_bridge:
+                with self._lock:
+                    self.closed_by_bridge += 1
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
 
@@ -243,7 +257,8 @@ def test_streams_past_one_pool_overflow_to_the_next_and_connections_are_reused(
 ) -> None:
     """Each connection pool carries a few streams at once (httpcore walks all of a pool's
     connections per request); the next streams open another pool. Every pool is given its
-    streams back: later turns go to the first pool again, on a connection it kept."""
+    streams back, and the overflow pools, idle after the burst, are closed with their
+    connections: later turns go to the first pool again, on a connection it kept."""
     monkeypatch.setattr(upstream._Pools, "PER_POOL", 2)
     bridge = behind(proxy)
     body = {**vapi_request(), "model": "paced-6-20"}
@@ -252,9 +267,10 @@ def test_streams_past_one_pool_overflow_to_the_next_and_connections_are_reused(
     assert [text_of(events[:-1]) for events in replies] == ["tok tok tok tok tok tok "] * 5
     assert all(events[-1] == "[DONE]" for events in replies)
     assert proxy.connections == 5
+    assert wait_until(lambda: proxy.closed_by_bridge == 3), proxy.closed_by_bridge
     for _ in range(3):
         assert whole_reply(bridge) == "Sure! Let me check Tuesday for you."
-    assert proxy.connections == 5
+    assert proxy.connections == 5 and proxy.closed_by_bridge == 3
 
 
 def test_cookies_set_by_the_upstream_are_never_sent_back(

@@ -295,8 +295,22 @@ class _Pools:
             return pool
 
     def give_back(self, pool: _Pool) -> None:
+        """Count a request as ended; overflow pools left idle after a burst are closed, last
+        first, once the pools before them have a pool's worth of room (so concurrency that
+        hovers at a pool's edge does not open and close one turn after turn). httpcore
+        expires idle connections only in a pool that is used: an overflow pool nothing uses
+        would keep its sockets open, half-closed by SambaNova, until the next burst."""
+        idle: list[_Pool] = []
         with self._lock:
             pool.busy -= 1
+            pools = self._pools
+            while len(pools) > 1 and pools[-1].busy == 0:
+                room = sum(self.PER_POOL - kept.busy for kept in pools[:-1])
+                if room < self.PER_POOL:
+                    break
+                idle.append(pools.pop())
+        for closing in idle:
+            closing.client.close()
 
     def close(self) -> None:
         with self._lock:
