@@ -13,25 +13,41 @@ import selectors
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
-from tests.helpers import BridgeFactory, LogCapture, sse_events, text_of, vapi_request
+from tests.helpers import (
+    BridgeFactory,
+    LogCapture,
+    sse_events,
+    text_of,
+    vapi_request,
+    wait_until,
+)
 from vapi_bridge import sse
 from vapi_bridge.relay import RelayLoop
 from vapi_bridge.upstream import Blocked
 
 
 def read_until(sock: socket.socket, end: bytes) -> bytes:
-    received = b""
-    while end not in received:
+    """Everything up to and including ``end`` (and what came with it); each block is
+    searched once, with the end of the one before it, however much has come."""
+    received = bytearray()
+    while True:
         block = sock.recv(65536)
-        assert block, f"closed before {end!r}: {received[-200:]!r}"
+        assert block, f"closed before {end!r}: {bytes(received[-200:])!r}"
+        start = max(0, len(received) - len(end))
         received += block
-    return received
+        if received.find(end, start) != -1:
+            return bytes(received)
+
+
+def switched() -> bool:
+    """The frames below are made to never wait already."""
+    return True
 
 
 @pytest.fixture
@@ -74,7 +90,7 @@ def test_frames_go_out_as_http_chunks_and_the_reply_ends_on_the_callers_thread(
             ended_on.append(threading.current_thread())
 
     running = frames()
-    carried = threading.Thread(target=loop.carry, args=(running, client))
+    carried = threading.Thread(target=loop.carry, args=(running, client, switched))
     carried.start()
     assert read_until(vapi, b"data: 2\n\n\r\n") == b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n"
     sambanova.sendall(b"go")
@@ -102,7 +118,7 @@ def test_a_client_that_left_raises_in_the_caller(
             yield b"data: x\n\n" * 1000
 
     with pytest.raises(OSError):
-        loop.carry(frames(), client)
+        loop.carry(frames(), client, switched)
 
 
 def test_an_error_in_the_frames_reaches_the_caller(
@@ -115,7 +131,7 @@ def test_an_error_in_the_frames_reaches_the_caller(
         raise ValueError("a stage failed")
 
     with pytest.raises(ValueError, match="a stage failed"):
-        loop.carry(frames(), client)
+        loop.carry(frames(), client, switched)
 
 
 def test_closing_the_loop_releases_a_stream_whose_client_never_reads(
@@ -134,7 +150,7 @@ def test_closing_the_loop_releases_a_stream_whose_client_never_reads(
 
     def carry() -> None:
         try:
-            loop.carry(frames(), client)
+            loop.carry(frames(), client, switched)
         except BaseException as exc:
             outcome.append(exc)
 
@@ -145,7 +161,7 @@ def test_closing_the_loop_releases_a_stream_whose_client_never_reads(
     carried.join(5)
     assert isinstance(outcome[0], ConnectionAbortedError)
     with pytest.raises(ConnectionAbortedError):
-        loop.carry(iter([sse.DONE]), client)
+        loop.carry(iter([sse.DONE]), client, switched)
 
 
 # Through the bridge.
@@ -216,27 +232,58 @@ def test_a_barge_in_on_the_loop_is_logged_and_releases_the_upstream(
     assert reply_text(bridge.post(vapi_request())) == "Sure! Let me check Tuesday for you."
 
 
-# Review findings (branch ``review``): each test below shows a problem found in review.
+# What the loop must survive, and what must not leak.
+
+
+def test_a_full_loop_leaves_the_stream_to_its_caller_and_frees_the_seat_after(
+    pairs: tuple[socket.socket, ...],
+) -> None:
+    """Past its seats (select() takes at most 512 sockets on Windows) the loop takes no more
+    streams: they are not switched to reads that never wait, and stay on their threads."""
+    relay = RelayLoop(seats=1)
+    client, vapi, upstream, sambanova = pairs
+    switches: list[str] = []
+
+    def start(name: str) -> Callable[[], bool]:
+        def switch() -> bool:
+            switches.append(name)
+            return True
+
+        return switch
+
+    def waiting() -> Iterator[bytes | Blocked]:
+        yield Blocked(upstream)
+        assert upstream.recv(16) == b"go"
+        yield sse.DONE
+
+    try:
+        carried = threading.Thread(target=relay.carry, args=(waiting(), client, start("first")))
+        carried.start()
+        assert wait_until(lambda: switches == ["first"])
+        assert not relay.carry(iter([sse.DONE]), client, start("second"))
+        assert switches == ["first"], "no seat: the second stream was never switched"
+        sambanova.sendall(b"go")
+        assert read_until(vapi, sse.DONE + b"\r\n").endswith(sse.DONE + b"\r\n")
+        carried.join(5)
+        assert not carried.is_alive()
+        assert not relay.carry(iter([sse.DONE]), client, lambda: False)
+        assert relay.carry(iter([sse.DONE]), client, start("third"))
+        assert switches == ["first", "third"], "each stream gave its seat back"
+    finally:
+        relay.close()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a descriptor above FD_SETSIZE")
-@pytest.mark.xfail(
-    strict=True,
-    reason="REVIEW: one select() failure kills the relay loop for good; every later stream "
-    "is cut after its first frame (on Windows, select() fails past 512 sockets)",
-)
-def test_review_a_select_failure_does_not_end_every_later_stream(
-    monkeypatch: pytest.MonkeyPatch, pairs: tuple[socket.socket, ...]
+def test_a_select_failure_cuts_the_streams_on_the_loop_not_the_next_ones(
+    pairs: tuple[socket.socket, ...],
 ) -> None:
-    """Windows' DefaultSelector is select(), which refuses more than 512 sockets (Linux's,
-    a descriptor past 1024): the loop's thread dies, marks itself closing, and from then on
-    ``carry`` refuses every stream. Reproduced here with select() and a high descriptor."""
+    """A selector that fails (select() with a descriptor it cannot watch) ends the streams
+    the loop carries with its error; the loop goes on for the next ones."""
     import resource
 
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1100:
         pytest.skip("the descriptor limit is too low for a descriptor above FD_SETSIZE")
-    monkeypatch.setattr(selectors, "DefaultSelector", selectors.SelectSelector)
-    relay = RelayLoop()
+    relay = RelayLoop(selectors.SelectSelector())
     client, _, upstream, _ = pairs
     high = socket.socket(fileno=os.dup2(upstream.fileno(), 1100))
     try:
@@ -246,11 +293,11 @@ def test_review_a_select_failure_does_not_end_every_later_stream(
             yield Blocked(high)
             yield sse.DONE
 
-        with pytest.raises(OSError):  # this stream may fail...
-            relay.carry(frames(), client)
+        with pytest.raises(ValueError):
+            relay.carry(frames(), client, switched)
         other, other_vapi = socket.socketpair()
-        with other, other_vapi:  # ...but the next one must not
-            relay.carry(iter([b"data: 2\n\n", sse.DONE]), other)
+        with other, other_vapi:
+            assert relay.carry(iter([b"data: 2\n\n", sse.DONE]), other, switched)
             assert read_until(other_vapi, sse.DONE + b"\r\n").startswith(b"9\r\ndata: 2")
     finally:
         high.close()
@@ -258,7 +305,7 @@ def test_review_a_select_failure_does_not_end_every_later_stream(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")
-def test_review_a_server_that_cannot_bind_leaves_no_relay_loop_open(
+def test_a_server_that_cannot_bind_leaves_no_relay_loop_open(
     start_bridge: BridgeFactory,
 ) -> None:
     """The relay loop (a selector and a socket pair) is made before the port is bound: on a

@@ -202,10 +202,12 @@ def main(argv: list[str]) -> None:
         signal.signal(signal.SIGTERM, on_term)
 
     def on_worker_exit(_arbiter: Any, worker: Any) -> None:
-        lost = bridge_of(worker.wsgi).close(grace)
         relay = getattr(worker, "vapi_bridge_relay", None)
-        if relay is not None:
-            relay.close()
+        try:
+            lost = bridge_of(worker.wsgi).close(grace)
+        finally:
+            if relay is not None:
+                relay.close()
         if lost:
             report(lost=lost)
 

@@ -24,7 +24,7 @@ import logging
 import selectors
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, cast
 
 from vapi_bridge import sse
@@ -38,6 +38,11 @@ SOCKET_KEY = "vapi_bridge.client"
 
 # Frames that are ready together go out in one write, up to this many bytes.
 WRITE_MAX = 64 * 1024
+
+# Streams one loop carries at once when its selector is select() (Windows' default), which
+# takes at most 512 sockets; each stream on the loop has one socket watched at a time. Past
+# it, a stream is relayed by its request's thread, as without a loop.
+SELECT_SEATS = 500
 
 
 class Streaming(Protocol):
@@ -64,10 +69,17 @@ class _Job:
 
 
 class RelayLoop:
-    """The loop's thread, started on first use, and the streams it carries."""
+    """The loop's thread, started on first use, and the streams it carries (at most
+    ``seats`` at once; no limit by default, except :data:`SELECT_SEATS` on ``select()``)."""
 
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+    def __init__(
+        self, selector: selectors.BaseSelector | None = None, *, seats: int | None = None
+    ) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        if seats is None and isinstance(self._selector, selectors.SelectSelector):
+            seats = SELECT_SEATS
+        self._seats = seats
+        self._seated = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -78,16 +90,38 @@ class RelayLoop:
         self._thread: threading.Thread | None = None
         self._closing = False
 
-    def carry(self, frames: Iterator[bytes | Blocked], client: socket.socket) -> None:
+    def carry(
+        self,
+        frames: Iterator[bytes | Blocked],
+        client: socket.socket,
+        start: Callable[[], bool],
+    ) -> bool:
         """Relay ``frames`` to ``client`` from the loop until ``[DONE]`` is written (or the
         frames end); the calling thread waits, then owns the frames again.
 
-        Raises what the frames raised, or the :class:`OSError` of a write to a client that
-        left, as a write on this thread would have.
+        ``start()`` switches the frames to reads that never wait, once the loop has a seat
+        for them; ``False`` from it, or no seat, returns ``False`` at once with nothing
+        changed: the caller relays the frames itself. Raises what the frames raised, or the
+        :class:`OSError` of a write to a client that left, as a write on this thread would.
         """
+        with self._lock:
+            if self._closing:
+                raise ConnectionAbortedError("the bridge stopped")
+            if self._seats is not None and self._seated >= self._seats:
+                return False
+            self._seated += 1
+        try:
+            started = start()
+        except BaseException:
+            self._unseat()
+            raise
+        if not started:
+            self._unseat()
+            return False
         job = _Job(frames, client)
         with self._lock:
             if self._closing:
+                self._seated -= 1
                 raise ConnectionAbortedError("the bridge stopped")
             self._incoming.append(job)
             if self._thread is None:
@@ -100,6 +134,7 @@ class RelayLoop:
         if job.error is not None:
             error, job.error = job.error, None
             raise error
+        return True
 
     def close(self) -> None:
         """Stop the loop; a stream still on it ends as if its client had left."""
@@ -114,6 +149,10 @@ class RelayLoop:
             self._wake_r.close()
             self._wake_w.close()
 
+    def _unseat(self) -> None:
+        with self._lock:
+            self._seated -= 1
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
@@ -121,7 +160,13 @@ class RelayLoop:
     def _run(self) -> None:
         try:
             while not self._closing:
-                for key, _ in self._selector.select():
+                try:
+                    ready = self._selector.select()
+                except (OSError, ValueError) as exc:
+                    if not self._end_carried(exc):
+                        raise
+                    continue
+                for key, _ in ready:
                     job = key.data
                     if job is None:
                         self._take_incoming()
@@ -134,6 +179,18 @@ class RelayLoop:
                 self._incoming.clear()
             for job in jobs:
                 self._end(job, ConnectionAbortedError("the bridge stopped"))
+
+    def _end_carried(self, error: BaseException) -> bool:
+        """The selector failed (a socket it cannot watch): end the streams on the loop with
+        that error, so that it goes on for the next ones; ``False`` if there were none."""
+        with self._lock:
+            jobs = list(self._jobs)
+        log.error(
+            "the relay loop cannot wait on its sockets (%s): %d reply(s) cut", error, len(jobs)
+        )
+        for job in jobs:
+            self._end(job, error)
+        return bool(jobs)
 
     def _take_incoming(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -227,6 +284,7 @@ class RelayLoop:
             job.client.settimeout(job.timeout)
         with self._lock:
             self._jobs.discard(job)
+            self._seated -= 1
         job.error = error
         job.done.set()
 
@@ -261,9 +319,9 @@ class Handover:
             self._first = False
         elif not self._handed:
             self._handed = True
-            if self._turn.without_waiting():
-                self._loop.carry(self._frames, self._client)
-        # The loop gave the frames back after [DONE]: only blocking reads are left.
+            self._loop.carry(self._frames, self._client, self._turn.without_waiting)
+        # The loop gave the frames back after [DONE], or never took them (no seat; a turn
+        # that cannot read without waiting): only blocking reads are left.
         return cast(bytes, next(self._frames))
 
     def close(self) -> None:
