@@ -518,8 +518,13 @@ Behind = Callable[[Loopback], RunningBridge]
 
 
 @pytest.fixture
-def behind(start_bridge: BridgeFactory) -> Iterator[Behind]:
-    """A bridge whose SambaNova is the given loopback server, closed after the test."""
+def behind(start_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Behind]:
+    """A bridge whose SambaNova is the given loopback server, closed after the test.
+
+    The tests here count connections: the body's end, already sent, is read however long a
+    loaded machine takes to get to it (the 50 ms the bridge gives it is for a real upstream
+    that is slow to send it)."""
+    monkeypatch.setattr(upstream._Wire, "FINISH_WAIT", 5.0)
     servers: list[Loopback] = []
 
     def start(server: Loopback) -> RunningBridge:
