@@ -260,6 +260,7 @@ def test_streams_past_one_pool_overflow_to_the_next_and_connections_are_reused(
     streams back, and the overflow pools, idle after the burst, are closed with their
     connections: later turns go to the first pool again, on a connection it kept."""
     monkeypatch.setattr(upstream._Pools, "PER_POOL", 2)
+    monkeypatch.setattr(upstream._Pools, "IDLE_CLOSE", 0.0)
     bridge = behind(proxy)
     body = {**vapi_request(), "model": "paced-6-20"}
     with ThreadPoolExecutor(5) as pool:

@@ -207,6 +207,7 @@ class _Pool:
     def __init__(self, client: SambaNova, pools: _Pools) -> None:
         self.client = client
         self.busy = 0
+        self.idle_since = time.monotonic()
         self._pools = pools
         # Absolute and parsed once: the SDK and httpx each parse and join a relative path
         # with the base URL on every request (about 5% of a request's CPU, profiled).
@@ -247,6 +248,8 @@ class _Pools:
     """
 
     PER_POOL = 8
+    # As long as httpx keeps an idle connection (its default keep-alive expiry).
+    IDLE_CLOSE = 5.0
 
     def __init__(self, api_key: str, base_url: str, timeout: httpx.Timeout) -> None:
         self._api_key = api_key
@@ -295,18 +298,19 @@ class _Pools:
             return pool
 
     def give_back(self, pool: _Pool) -> None:
-        """Count a request as ended; overflow pools left idle after a burst are closed, last
-        first, once the pools before them have a pool's worth of room (so concurrency that
-        hovers at a pool's edge does not open and close one turn after turn). httpcore
-        expires idle connections only in a pool that is used: an overflow pool nothing uses
-        would keep its sockets open, half-closed by SambaNova, until the next burst."""
+        """Count a request as ended, and close the overflow pools (last first) idle for
+        :attr:`IDLE_CLOSE`: httpcore expires idle connections only in a pool that is used,
+        so an overflow pool nothing uses after a burst would keep its sockets open (half
+        closed by SambaNova) until the next one. By then httpx would not reuse them anyway."""
+        now = time.monotonic()
         idle: list[_Pool] = []
         with self._lock:
             pool.busy -= 1
+            if pool.busy == 0:
+                pool.idle_since = now
             pools = self._pools
             while len(pools) > 1 and pools[-1].busy == 0:
-                room = sum(self.PER_POOL - kept.busy for kept in pools[:-1])
-                if room < self.PER_POOL:
+                if now - pools[-1].idle_since < self.IDLE_CLOSE:
                     break
                 idle.append(pools.pop())
         for closing in idle:
