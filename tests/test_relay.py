@@ -7,6 +7,7 @@ real SDK against the fake SambaNova.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -212,6 +213,63 @@ def test_a_client_that_stops_reading_holds_up_no_other_stream(
         f"{i:04d}" for i in range(128)
     ]
     assert b"data: [DONE]" in received
+
+
+def test_stopping_under_a_client_that_stopped_reading_is_a_shutdown_not_a_barge_in(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    """The stop's grace runs out with the loop waiting for a client that reads nothing: the
+    reply is released and logged (and counted) as cut by the shutdown, not as a barge-in."""
+    bridge = start_bridge()
+    fake.push(Script(chunks=[*big_chunks(64, 64 * 1024), chunk({"content": ""}, "stop")]))
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    with socket.socket() as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(30)
+        stuck.connect((host, int(port)))
+        stuck.sendall(
+            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert read_until(stuck, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+        bridge.stop(grace=0.2)
+        logs.wait_for(lambda line: "POST /chat/completions" in line)
+    assert any("outcome=shutdown" in line for line in logs.lines)
+    assert not any("outcome=client_closed" in line for line in logs.lines)
+
+
+def test_a_client_that_resets_as_the_server_drains_still_ends_its_turn(
+    start_bridge: BridgeFactory, fake: FakeSambaNova, logs: LogCapture
+) -> None:
+    """The stop releases a reply its client is not reading, and the client then resets the
+    connection (it closes with bytes unread) while werkzeug drains the request socket: the
+    read fails there and werkzeug skips closing the body. The turn still ends at once (its
+    request log, its metrics, the upstream), not at the garbage collector's next pass."""
+    bridge = start_bridge()
+    fake.push(Script(chunks=[*big_chunks(64, 64 * 1024), chunk({"content": ""}, "stop")]))
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((host, int(port)))
+    stuck.sendall(
+        b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert read_until(stuck, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    gc.disable()  # the turn must not need it
+    try:
+        bridge.stop(grace=0.2)
+        stuck.close()
+        assert "outcome=shutdown" in logs.wait_for(lambda line: "POST /chat" in line)
+    finally:
+        gc.enable()
+    assert fake.wait_no_open_streams()
 
 
 def test_a_barge_in_on_the_loop_is_logged_and_releases_the_upstream(

@@ -332,7 +332,9 @@ class Turn:
                 yield sse.frame(self._final_chunk())
             yield sse.DONE
         except GeneratorExit:
-            record.outcome = "client_closed"
+            # Closed by the server: the client left, or the bridge stopping released a reply
+            # its client had stopped reading.
+            record.outcome = "shutdown" if self.abort_reason == "shutdown" else "client_closed"
             raise
         finally:
             self._finish(client_left=False)
