@@ -23,6 +23,7 @@ from tests.fakes.sambanova import FakeSambaNova, Script, chunk, text_chunks
 from tests.helpers import (
     BridgeFactory,
     LogCapture,
+    RunningBridge,
     sse_events,
     text_of,
     vapi_request,
@@ -180,28 +181,37 @@ def big_chunks(count: int, size: int) -> list[object]:
     ]
 
 
+def stuck_client(
+    bridge: RunningBridge, fake: FakeSambaNova, chunks: int
+) -> tuple[socket.socket, bytes]:
+    """A client with a small receive buffer that asks for a reply of ``chunks`` chunks of 64
+    KiB, reads its head and then nothing: the socket and the head."""
+    fake.push(Script(chunks=[*big_chunks(chunks, 64 * 1024), chunk({"content": ""}, "stop")]))
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.settimeout(30)
+    stuck.connect((host, int(port)))
+    stuck.sendall(
+        b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = read_until(stuck, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    return stuck, head
+
+
 def test_a_client_that_stops_reading_holds_up_no_other_stream(
     start_bridge: BridgeFactory, fake: FakeSambaNova
 ) -> None:
     """A reply larger than the sockets' buffers, to a client that stops reading: the loop
     waits for that client alone, while another call's reply goes through whole."""
     bridge = start_bridge()
-    parts = big_chunks(128, 64 * 1024)
-    fake.push(Script(chunks=[*parts, chunk({"content": ""}, "stop")]))
-    host, port = bridge.url.removeprefix("http://").split(":")
-    body = json.dumps(vapi_request()).encode()
-    with socket.socket() as stuck:
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.settimeout(30)
-        stuck.connect((host, int(port)))
-        stuck.sendall(
-            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        head = read_until(stuck, b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
+    stuck, head = stuck_client(bridge, fake, 128)
+    with stuck:
         other = bridge.post(vapi_request(), timeout=10)  # the stuck reply is still unread
         assert reply_text(other) == "Sure! Let me check Tuesday for you."
         received = head + read_until(stuck, b"0\r\n\r\n")
@@ -221,20 +231,8 @@ def test_stopping_under_a_client_that_stopped_reading_is_a_shutdown_not_a_barge_
     """The stop's grace runs out with the loop waiting for a client that reads nothing: the
     reply is released and logged (and counted) as cut by the shutdown, not as a barge-in."""
     bridge = start_bridge()
-    fake.push(Script(chunks=[*big_chunks(64, 64 * 1024), chunk({"content": ""}, "stop")]))
-    host, port = bridge.url.removeprefix("http://").split(":")
-    body = json.dumps(vapi_request()).encode()
-    with socket.socket() as stuck:
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.settimeout(30)
-        stuck.connect((host, int(port)))
-        stuck.sendall(
-            b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        assert read_until(stuck, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    stuck, _ = stuck_client(bridge, fake, 64)
+    with stuck:
         bridge.stop(grace=0.2)
         logs.wait_for(lambda line: "POST /chat/completions" in line)
     assert any("outcome=shutdown" in line for line in logs.lines)
@@ -249,19 +247,7 @@ def test_a_client_that_resets_as_the_server_drains_still_ends_its_turn(
     read fails there and werkzeug skips closing the body. The turn still ends at once (its
     request log, its metrics, the upstream), not at the garbage collector's next pass."""
     bridge = start_bridge()
-    fake.push(Script(chunks=[*big_chunks(64, 64 * 1024), chunk({"content": ""}, "stop")]))
-    host, port = bridge.url.removeprefix("http://").split(":")
-    body = json.dumps(vapi_request()).encode()
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect((host, int(port)))
-    stuck.sendall(
-        b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {bridge.secret}\r\n".encode()
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    assert read_until(stuck, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    stuck, _ = stuck_client(bridge, fake, 64)
     gc.disable()  # the turn must not need it
     try:
         bridge.stop(grace=0.2)
