@@ -11,9 +11,8 @@ Each server process runs one loop (werkzeug's threaded server; each gunicorn wor
 the request, Flask runs the app, the turn finds a model and writes the first frame (status
 and headers with it). It then hands the frames to the loop and waits; the loop hands them
 back once ``[DONE]`` is written, and the request's thread ends the turn and the response as
-before. So the loop only
-ever runs stages and framing: the request log and reply hooks (user code that may block)
-stay on the request's thread.
+before. So the loop only ever runs stages and framing: the request log and reply hooks (user
+code that may block) stay on the request's thread.
 """
 
 from __future__ import annotations
