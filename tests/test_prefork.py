@@ -22,6 +22,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.process import Serve, agents_left, processes_with, run_cli, tunnel_env
+from vapi_bridge import sse
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="--workers needs POSIX")
 
@@ -179,8 +180,10 @@ def test_workers_relay_long_replies_whole_over_http_1_1_and_1_0(fake: FakeSambaN
                 received += block
         head, _, raw = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
-        datas = [line[6:] for line in raw.decode().split("\n\n") if line.startswith("data: ")]
-        assert datas[-1] == "[DONE]"
-        assert text_of([json.loads(data) for data in datas[:-1]]) == "".join(parts)
+        lines = raw.decode().split("\n")
+        assert all(line.startswith("data: ") or not line for line in lines), "no chunk marks"
+        *chunks, done = sse.events(lines)
+        assert done.done
+        assert text_of([json.loads(event.data) for event in chunks]) == "".join(parts)
         assert serve.stop("SIGTERM") == 0
     assert "Traceback" not in serve.stderr
