@@ -6,7 +6,7 @@ run: the direct path (client -> upstream), vapi-bridge (client -> bridge -> upst
 when its `litellm` command is found, LiteLLM's proxy configured to the same upstream. Added
 figures are differences from the direct path at the same level.
 
-    python bench/latency.py [--levels 1,10,50,100] [--litellm PATH]
+    python bench/latency.py [--levels 1,10,50,100] [--litellm PATH] [--floor json|bytes]
 """
 
 from __future__ import annotations
@@ -182,6 +182,18 @@ def start_backlogged_fake() -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def start_floor(fake_url: str, mode: str) -> tuple[subprocess.Popen[str], str]:
+    """bench/floor.py's relay, in its own process like the bridge."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), fake_url, "--mode", mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
 def start_litellm(command: str, fake_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = 40000 + random.randrange(10000)
     config = Path(tempfile.mkdtemp()) / "litellm.yaml"
@@ -223,6 +235,11 @@ def main() -> None:
         help="path of LiteLLM's `litellm` command (default: from PATH)",
     )
     parser.add_argument("--bridge-args", default="", help="extra `serve` options, space-separated")
+    parser.add_argument(
+        "--floor",
+        choices=("json", "bytes"),
+        help="also measure bench/floor.py's do-nothing relay in this mode, as a floor",
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -232,6 +249,11 @@ def main() -> None:
         "direct": (fake_url + "/chat/completions", {}),
         "vapi-bridge": (bridge_url + "/chat/completions", {"Authorization": f"Bearer {SECRET}"}),
     }
+    owned = {"vapi-bridge": bridge}
+    if args.floor:
+        floor, floor_url = start_floor(fake_url, args.floor)
+        owned["floor"] = floor
+        paths["floor"] = (floor_url + "/chat/completions", {})
     litellm_proc = None
     note = ""
     if args.litellm:
@@ -246,7 +268,7 @@ def main() -> None:
     else:
         note = "LiteLLM skipped: `litellm` not found (pip install 'litellm[proxy]')"
     results: dict[tuple[str, int], Run] = {}
-    cpu: dict[int, float] = {}
+    cpu: dict[tuple[str, int], float] = {}
     try:
         asyncio.run(level(paths["vapi-bridge"][0], paths["vapi-bridge"][1], 2, 10))  # warm-up
         idle_rss = rss_mb(bridge.pid)
@@ -254,13 +276,15 @@ def main() -> None:
         for n in levels:
             total = STREAMS_PER_LEVEL.get(n, max(2 * n, 120))
             for name, (url, headers) in paths.items():
-                before = cpu_seconds(bridge.pid)
+                proc = owned.get(name)
+                before = cpu_seconds(proc.pid) if proc is not None else 0.0
                 results[(name, n)] = asyncio.run(level(url, headers, n, total))
-                if name == "vapi-bridge":
-                    cpu[n] = cpu_seconds(bridge.pid) - before
+                if proc is not None:
+                    cpu[(name, n)] = cpu_seconds(proc.pid) - before
         peak_rss = peak.stop()
     finally:
-        stop(bridge)
+        for proc in owned.values():
+            stop(proc)
         stop(fake)
         if litellm_proc is not None:
             stop(litellm_proc)  # type: ignore[arg-type]
@@ -291,8 +315,8 @@ def main() -> None:
                 f"{(pct(run.gaps, 99) - pct(direct.gaps, 99)) * ms:+8.1f}" if added else "       -",
             ]
             per_k = (
-                f"{cpu[n] / run.chunks * 1000:14.2f}"
-                if name == "vapi-bridge" and run.chunks
+                f"{cpu[(name, n)] / run.chunks * 1000:14.2f}"
+                if (name, n) in cpu and run.chunks
                 else "             -"
             )
             print(
