@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tests.fakes.sambanova import FakeSambaNova, Script, chunk
 from vapi_bridge import sse
 from vapi_bridge.app import Bridge, bridge_of, create_app
 from vapi_bridge.server import BridgeServer
@@ -211,6 +213,59 @@ def assert_ended_cleanly_by_the_stop(listeners: list[Listener]) -> None:
         chunks = [json.loads(e.data) for e in events if e.comment is None and not e.done]
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
         assert len(chunks) < 400, "the stream was cut short by the shutdown, not finished"
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    """Everything up to and including ``end`` (and what came with it); each block is
+    searched once, with the end of the one before it, however much has come."""
+    received = bytearray()
+    while True:
+        block = sock.recv(65536)
+        assert block, f"closed before {end!r}: {bytes(received[-200:])!r}"
+        start = max(0, len(received) - len(end))
+        received += block
+        if received.find(end, start) != -1:
+            return bytes(received)
+
+
+def big_chunks(count: int, size: int) -> list[object]:
+    return [
+        chunk({"content": f"{i:04d}" + "a" * (size - 4), "role": "assistant"}) for i in range(count)
+    ]
+
+
+def stuck_client(
+    url: str, secret: str | None, fake: FakeSambaNova, chunks: int
+) -> tuple[socket.socket, bytes]:
+    """A client with a small receive buffer that asks the bridge at ``url`` for a reply of
+    ``chunks`` chunks of 64 KiB, reads its head and then nothing: the socket and the head."""
+    fake.push(Script(chunks=[*big_chunks(chunks, 64 * 1024), chunk({"content": ""}, "stop")]))
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.settimeout(30)
+    stuck.connect((host, int(port)))
+    stuck.sendall(
+        b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+        + (f"Authorization: Bearer {secret}\r\n".encode() if secret else b"")
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = read_until(stuck, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    return stuck, head
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """What the socket still gives until the other end closes (or resets) it."""
+    received = bytearray()
+    try:
+        while block := sock.recv(65536):
+            received += block
+    except ConnectionResetError:
+        pass
+    return bytes(received)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -100,12 +101,15 @@ class RelayLoop:
 
         ``start()`` switches the frames to reads that never wait, once the loop has a seat
         for them; ``False`` from it, or no seat, returns ``False`` at once with nothing
-        changed: the caller relays the frames itself. Raises what the frames raised, or the
-        :class:`OSError` of a write to a client that left, as a write on this thread would.
+        changed: the caller relays the frames itself, as it does once the loop is closed.
+        Raises what the frames raised, or the :class:`OSError` of a write to a client that
+        left, as a write on this thread would. A reply still on the loop when it closes is
+        cut: its client's socket is shut, and :class:`BrokenPipeError` raised, as the next
+        write would (servers take it for a client gone, without a traceback).
         """
         with self._lock:
             if self._closing:
-                raise ConnectionAbortedError("the bridge stopped")
+                return False
             if self._seats is not None and self._seated >= self._seats:
                 return False
             self._seated += 1
@@ -121,7 +125,7 @@ class RelayLoop:
         with self._lock:
             if self._closing:
                 self._seated -= 1
-                raise ConnectionAbortedError("the bridge stopped")
+                raise _cut(client)
             self._incoming.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -177,7 +181,7 @@ class RelayLoop:
                 jobs = [*self._jobs, *self._incoming]
                 self._incoming.clear()
             for job in jobs:
-                self._end(job, ConnectionAbortedError("the bridge stopped"))
+                self._end(job, _cut(job.client))
 
     def _end_carried(self, error: BaseException) -> bool:
         """The selector failed (a socket it cannot watch): end the streams on the loop with
@@ -286,6 +290,14 @@ class RelayLoop:
             self._seated -= 1
         job.error = error
         job.done.set()
+
+
+def _cut(client: socket.socket) -> BrokenPipeError:
+    """Shut a reply's connection that the stopping loop will not finish: the error to raise
+    is the one a write to it now gets."""
+    with contextlib.suppress(OSError):
+        client.shutdown(socket.SHUT_RDWR)
+    return BrokenPipeError(errno.EPIPE, "the bridge stopped: the reply was cut")
 
 
 class Handover:

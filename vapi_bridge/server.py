@@ -341,6 +341,9 @@ class BridgeServer:
             cut = self._end_live_turns()
             self._inflight.wait_idle(2.0)
         self._relay.close()
+        # A reply the loop still held (its client read nothing) was cut as it closed: its
+        # request ends now, and writes its log line before the process exits.
+        self._inflight.wait_idle(1.0)
         self._workers.close()
         return cut
 
