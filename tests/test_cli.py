@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fakes.sambanova import MODEL_IDS, FakeSambaNova
-from tests.helpers import SECRET
+from tests.helpers import SECRET, cli
 from tests.process import Serve, bridge_state, closed_port, run_cli, state_file
 
 
@@ -183,3 +184,23 @@ def test_barge_in_prints_no_traceback(fake: FakeSambaNova) -> None:
         assert serve.stop() == 0
     assert serve.stderr.count("outcome=client_closed") == 5
     assert "Traceback" not in serve.stderr and "Exception occurred" not in serve.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(isolated_env: Path) -> None:
+    """`vapi-bridge configure-key --show | head -0`: the reader is gone before the first line,
+    so the write fails; that is the reader's choice, not a crash to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            cli("configure-key", "--show"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            env={**os.environ, "SAMBANOVA_API_KEY": "sk-test-0123456789abcdef"},
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert done.stderr == "", done.stderr

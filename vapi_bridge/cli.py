@@ -8,7 +8,9 @@ one message and a hint on stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -57,7 +59,7 @@ def _reports_errors(command: F) -> F:
 
             _stderr().print(f"[bold red]Error:[/] {escape(exc.cli_message())}", markup=True)
             raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-        except (KeyboardInterrupt, typer.Exit, typer.Abort):
+        except (KeyboardInterrupt, typer.Exit, typer.Abort, BrokenPipeError):
             raise
         except Exception as exc:
             if _debug:
@@ -532,5 +534,16 @@ def models(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. Output piped into a reader that stopped early (``| head``)
+    ends the command quietly, as Python's docs advise: exit code 1, no traceback."""
+    try:
+        try:
+            app()
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # What is still buffered would fail again at interpreter exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
