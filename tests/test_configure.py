@@ -241,3 +241,12 @@ def test_assistants_failures_are_clean(vapi: FakeVapi) -> None:
     vapi.fail_next(500)
     down = run_cli("assistants", "--vapi-base-url", vapi.base_url, env={"VAPI_API_KEY": GOOD_KEY})
     assert "server error (HTTP 500)" in clean_failure(down, code=1)
+
+
+def test_storing_a_key_without_a_terminal_asks_for_stdin(isolated_env: Path) -> None:
+    """A script that forgot --stdin gets told how to pipe the key, not Python's warning that
+    the input may be echoed, and nothing is stored."""
+    err = clean_failure(run_cli("configure-key", "--ngrok", stdin="2abc_token\n"))
+    assert "no terminal to type the ngrok auth token into" in err and "--stdin" in err
+    assert "Warning" not in err and "echo" not in err
+    assert not (isolated_env / "config.json").exists()

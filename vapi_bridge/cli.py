@@ -396,6 +396,12 @@ def configure_key(
         return
     vapi_url = configure.vapi_base_url(vapi_base_url, env) if vapi else ""
     label = configure.label(field)
+    if not stdin and not sys.stdin.isatty():
+        raise ConfigError(
+            f"There is no terminal to type the {label} into (standard input is not one).",
+            hint="Add --stdin and pipe the key in: printf '%s' \"$KEY\" | vapi-bridge "
+            "configure-key --stdin (with the same options).",
+        )
     raw = sys.stdin.readline() if stdin else typer.prompt(label, hide_input=True)
     url = pick("base_url", base_url, env, _stored(home), default=DEFAULT_BASE_URL)
     console.print(
