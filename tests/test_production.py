@@ -31,6 +31,27 @@ def test_a_bad_port_variable_is_named(value: str) -> None:
     assert "environment variable PORT" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--port", "abc", "must be a whole number from 0 to 65535"),
+        ("--workers", "two", "must be a whole number from 1 to 64"),
+        ("--upstream-timeout", "-1", "must be from 0.5 to 120"),
+        ("--reasoning", "loud", "must be one of off, low, medium, high, model"),
+        ("--log-format", "xml", "must be one of text, json"),
+    ],
+)
+def test_a_bad_flag_value_is_named_as_its_variable_would_be(
+    flag: str, value: str, says: str
+) -> None:
+    """The settings' own parser judges a flag, with the words and the hint it gives the
+    same value from the environment (not click's or pydantic's)."""
+    result = run_cli("serve", "--demo", "--no-tunnel", flag, value)
+    assert result.returncode == 2
+    assert f"{flag} '{value}' {says}" in result.stderr, result.stderr
+    assert f"-> Fix {flag}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_serve_needs_nothing_interactive(isolated_env: object) -> None:
     """No terminal, no stdin: a container starts the bridge and it serves."""
     with Serve("--demo", "--no-tunnel", "--port", "0", "--host", "0.0.0.0") as serve:

@@ -9,6 +9,7 @@ one message and a hint on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import enum
 import inspect
 import os
 import sys
@@ -141,11 +142,12 @@ def _serve_signature() -> inspect.Signature:
         if spec.flag is None:
             continue
         help_text = spec.help + (f" [env: {', '.join(spec.env)}]" if spec.env else "")
-        kind = f.type if isinstance(f.type, type) else _type_of(str(f.type))
+        annotation = str(f.type)  # annotations are strings (postponed evaluation)
+        kind = _type_of(annotation)
         info = typer.Option(
             spec.flag,
             help=help_text,
-            metavar=spec.metavar,
+            metavar=spec.metavar or _choices(annotation),
             show_default=not spec.secret and f.default not in (None, (), False),
         )
         params.append(
@@ -160,20 +162,24 @@ def _serve_signature() -> inspect.Signature:
 
 
 def _type_of(annotation: str) -> Any:
-    """The click-facing type for a settings field's annotation."""
+    """The click-facing type for a settings field's annotation. Numbers and choices reach
+    the settings' own parser as text, so a bad flag gets the message a bad environment
+    variable gets (``--port 'abc' must be a whole number from 0 to 65535``), not click's."""
     if annotation.startswith("tuple"):
         return list[str]
     if "Path" in annotation:
         return Path | None
     if annotation.startswith("bool"):
         return bool
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    if annotation in ("LogFormat", "PromptMode", "Reasoning"):
-        return getattr(settings, annotation)
     return str | None if "None" in annotation else str
+
+
+def _choices(annotation: str) -> str | None:
+    """``<a|b|c>`` for a setting that is one of a few words, as click shows a choice."""
+    kind = getattr(settings, annotation, None)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "<" + "|".join(str(member.value) for member in kind) + ">"
+    return None
 
 
 @_reports_errors
