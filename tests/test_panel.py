@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,30 @@ def test_busy_port_hint_on_this_machine() -> None:
         result = run_cli("serve", "--demo", "--no-tunnel", "--port", port)
     assert result.returncode == 2 and "Cannot listen" in result.stderr
     assert "AirPlay" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_host_that_is_not_this_machine_gets_a_host_hint() -> None:
+    """192.0.2.1 (reserved for documentation) is no interface of this machine: the host is
+    at fault, not a busy port."""
+    result = run_cli("serve", "--demo", "--no-tunnel", "--host", "192.0.2.1", "--port", "0")
+    assert result.returncode == 2 and "Cannot listen on 192.0.2.1" in result.stderr
+    assert "--host must be an address of this machine" in result.stderr
+    assert "Pick another port" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        # A name that does not resolve (not tried for real: that would ask a DNS server), as
+        # the resolver raises it and as socket.create_server re-raises it.
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "--host must be"),
+        (
+            OSError(socket.EAI_NONAME, "Name or service not known (while attempting to bind"),
+            "--host must be",
+        ),
+        (OSError(errno.EACCES, "Permission denied"), "administrator rights"),
+        (OSError(errno.EADDRINUSE, "Address already in use"), "Pick another port"),
+    ],
+)
+def test_the_listen_hint_follows_the_error(error: OSError, says: str) -> None:
+    assert says in runner.listen_hint(8080, "linux", exc=error)

@@ -11,7 +11,9 @@ stderr.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -98,7 +100,7 @@ def _bind(settings: Settings) -> tuple[Server, Bridge | None]:
             bridge.close(0)
         raise ConfigError(
             f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}.",
-            hint=listen_hint(settings.port),
+            hint=listen_hint(settings.port, exc=exc),
         ) from None
 
 
@@ -180,8 +182,27 @@ def _unwire(link: Link | None, console: Console) -> None:
         console.print(line, markup=False, highlight=False)
 
 
-def listen_hint(port: int, platform: str = sys.platform) -> str:
-    """What to do about a busy port; AirPlay Receiver is the usual holder of 5000 on macOS."""
+# Errors of a host that is no address of this machine: not one of its interfaces, or a name
+# that does not resolve (socket.create_server re-raises a resolver error as a plain OSError
+# with the resolver's code).
+_NOT_HERE = frozenset(
+    [errno.EADDRNOTAVAIL]
+    + [getattr(socket, name) for name in dir(socket) if name.startswith("EAI_")]
+)
+
+
+def listen_hint(port: int, platform: str = sys.platform, exc: OSError | None = None) -> str:
+    """What to do when the listening socket cannot be made: a host that is no address of
+    this machine, a port that needs privileges, or (the usual case) a busy port, which on
+    macOS is AirPlay Receiver's when it is 5000."""
+    code = exc.errno if exc is not None else errno.EADDRINUSE
+    if code == errno.EACCES:
+        return "This port needs administrator rights: pick one above 1023 with --port."
+    if code != errno.EADDRINUSE and (isinstance(exc, socket.gaierror) or code in _NOT_HERE):
+        return (
+            "--host must be an address of this machine: 127.0.0.1 (this machine only) or "
+            "0.0.0.0 (every interface)."
+        )
     if platform == "darwin" and port == 5000:
         return "Pick another port with --port (on macOS, AirPlay Receiver holds 5000)."
     return "Pick another port with --port, or stop the program that holds this one."
