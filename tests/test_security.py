@@ -52,6 +52,17 @@ def test_key_in_query_string_is_not_accepted(bridge: RunningBridge, query: str) 
     assert response.status_code == 401
 
 
+def test_the_server_header_gives_away_no_versions(bridge: RunningBridge) -> None:
+    """The tunnel makes the bridge public: its replies do not say which werkzeug and Python
+    versions answer (a scanner's first question)."""
+    for response in (
+        httpx.get(bridge.url + "/health"),
+        httpx.post(bridge.url + "/chat/completions", json=vapi_request()),
+        bridge.post(vapi_request()),
+    ):
+        assert response.headers["server"] == "vapi-bridge", response.headers
+
+
 def test_error_bodies_and_logs_echo_no_request_values(
     bridge: RunningBridge, logs: LogCapture
 ) -> None:

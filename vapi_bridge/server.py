@@ -252,6 +252,11 @@ class BridgeServer:
                         if body is not None:
                             body.close()
 
+            def version_string(self) -> str:
+                """The Server header names the bridge alone: werkzeug's would tell anyone
+                who reaches the tunnel its version and Python's."""
+                return "vapi-bridge"
+
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 """The bridge writes its own request log; werkzeug's would format each
                 request's line only for its logger to drop it."""
