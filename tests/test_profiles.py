@@ -90,6 +90,10 @@ def test_a_changed_file_is_re_read_and_a_broken_one_keeps_the_last_good(
         ("[profiles.a]\nhedge_after = 200\n", "--hedge-after needs --fallback-model"),
         ('[profiles.a]\nno_apology = true\napology = "hi"\n', "contradict"),
         ("[other]\n", "no [profiles.NAME] tables"),
+        (
+            '[profiles.calm]\nsystem_prompt_file = "nope.txt"\n',
+            "profiles.toml: profile 'calm': Cannot read the system prompt file",
+        ),
         ("not toml at all [", "not valid TOML"),
     ],
 )

@@ -126,9 +126,16 @@ class Profiles(Generic[R]):
                 f"The profiles file {self.path} is not valid TOML: {exc}.",
                 hint="See the README's Profiles section for the format.",
             ) from None
-        built = {
-            name: self._build(settings) for name, settings in parse(data, self._base, self.path)
-        }
+        built = {}
+        for name, settings in parse(data, self._base, self.path):
+            try:
+                built[name] = self._build(settings)
+            except ConfigError as exc:  # e.g. its system_prompt_file: said as the profile's
+                raise ConfigError(
+                    f"{self.path.name}: profile '{name}': {exc.message}",
+                    hint=f"Fix it in {self.path}; a relative path in it is read from that "
+                    "file's folder.",
+                ) from None
         self._stamp = (info.st_mtime_ns, info.st_size)
         return built
 
