@@ -179,6 +179,7 @@ def test_new_bridge_key_asks_on_a_terminal(isolated_env: Path, answer: str, repl
     [
         (["--show", "--remove"], "--show and --remove cannot be used together"),
         (["--new-bridge-key", "--stdin"], "--new-bridge-key cannot be combined with --stdin"),
+        (["--new-bridge-key", "--ngrok", "--yes"], "run `vapi-bridge configure-key --new-bridge"),
         (["--vapi", "--ngrok"], "--ngrok and --vapi cannot be used together"),
         (["--show", "--ngrok"], "--show cannot be combined with --ngrok"),
         (["--remove", "--no-verify"], "--remove cannot be combined with --no-verify"),

@@ -39,6 +39,8 @@ def test_a_bad_port_variable_is_named(value: str) -> None:
         ("--upstream-timeout", "-1", "must be from 0.5 to 120"),
         ("--reasoning", "loud", "must be one of off, low, medium, high, model"),
         ("--log-format", "xml", "must be one of text, json"),
+        ("--model-map", "foo", "is not NAME=MODEL"),
+        ("--hook", "h2", "is not module:function"),
     ],
 )
 def test_a_bad_flag_value_is_named_as_its_variable_would_be(
@@ -50,6 +52,28 @@ def test_a_bad_flag_value_is_named_as_its_variable_would_be(
     assert result.returncode == 2
     assert f"{flag} '{value}' {says}" in result.stderr, result.stderr
     assert f"-> Fix {flag}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_short_metrics_token_is_refused_for_what_it_guards() -> None:
+    result = run_cli("serve", "--demo", "--no-tunnel", "--metrics-token", "short")
+    assert result.returncode == 2 and "short" not in result.stderr, "a secret is not echoed"
+    assert "the metrics token guards /metrics" in result.stderr
+    assert "SambaNova quota" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        ([], {"VAPI_ASSISTANT_ID": "0b6e0f2a-5c1e-4b8e-9c57-1d2f3a4b5c6d"}, "VAPI_ASSISTANT_ID"),
+        (["--assistant", "not an id"], {"VAPI_API_KEY": "vapi-key"}, "is not a Vapi assistant ID"),
+    ],
+)
+def test_a_bad_assistant_setting_is_a_configuration_error(
+    isolated_env: object, args: list[str], env: dict[str, str], says: str
+) -> None:
+    result = run_cli("serve", "--demo", "--no-tunnel", "--port", "0", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_needs_nothing_interactive(isolated_env: object) -> None:

@@ -493,10 +493,14 @@ class Link:
     ) -> None:
         if not api_key:
             raise ConfigError(
-                "--assistant needs your Vapi private API key.",
+                "Wiring an assistant (--assistant or VAPI_ASSISTANT_ID) needs your Vapi "
+                "private API key.",
                 hint="Store it with `vapi-bridge configure-key --vapi` (or set VAPI_API_KEY).",
             )
-        check_assistant_id(assistant_id)
+        try:
+            check_assistant_id(assistant_id)
+        except VapiError as exc:  # a value the user gave: a configuration error (exit 2)
+            raise ConfigError(exc.message, hint=exc.hint) from None
         self.assistant_id = assistant_id
         self.home = home
         self.model = model

@@ -49,8 +49,10 @@ ACCEPTS: dict[str | None, frozenset[str]] = {
 ACTION_HINTS = {
     "--show": "--show lists every key at once: run it alone.",
     "--remove": "Use --remove alone for the SambaNova key, or with --ngrok, --vapi or --oauth.",
-    "--new-bridge-key": "It makes the key itself; add --yes to skip the question in scripts.",
-    "--retire-old-keys": "It keeps only the newest bridge key; add --yes in scripts.",
+    "--new-bridge-key": "It makes the bridge key itself and takes only --yes: run "
+    "`vapi-bridge configure-key --new-bridge-key` alone.",
+    "--retire-old-keys": "It keeps only the newest bridge key and takes only --yes: run "
+    "`vapi-bridge configure-key --retire-old-keys` alone.",
     None: "See `vapi-bridge configure-key --help`.",
 }
 

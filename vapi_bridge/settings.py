@@ -168,14 +168,23 @@ def _optional(parse: Parse) -> Parse:
     return lambda value: None if value is None else parse(value)
 
 
-def _secret_key(value: Any) -> str:
-    key = str(value).strip()
-    if len(key) < MIN_SECRET_LENGTH or any(c.isspace() for c in key):
-        raise ValueError(
-            f"must be at least {MIN_SECRET_LENGTH} characters with no spaces: the bridge key "
-            "guards your SambaNova quota behind a public URL"
-        )
-    return key
+def _key(guards: str) -> Parse:
+    """A key the bridge checks callers against: long enough not to be guessed."""
+
+    def parse(value: Any) -> str:
+        key = str(value).strip()
+        if len(key) < MIN_SECRET_LENGTH or any(c.isspace() for c in key):
+            raise ValueError(
+                f"must be at least {MIN_SECRET_LENGTH} characters with no spaces: {guards}"
+            )
+        return key
+
+    return parse
+
+
+_secret_key = _key("the bridge key guards your SambaNova quota behind a public URL")
+_oauth_secret = _key("the OAuth2 client secret guards your SambaNova quota behind a public URL")
+_metrics_token = _key("the metrics token guards /metrics behind a public URL")
 
 
 def _secret_keys(value: Any) -> tuple[str, ...]:
@@ -282,7 +291,7 @@ class Settings:
     )
     oauth_client_secret: str | None = option(
         None,
-        parse=_optional(_secret_key),
+        parse=_optional(_oauth_secret),
         env=("VAPI_BRIDGE_OAUTH_CLIENT_SECRET",),
         stored="oauth_client_secret",
         secret=True,
@@ -618,7 +627,7 @@ class Settings:
     )
     metrics_token: str | None = option(
         None,
-        parse=_optional(_secret_key),
+        parse=_optional(_metrics_token),
         help="Token Prometheus may send to read /metrics (the bridge key works too).",
         group=SERVER,
         flag="--metrics-token",
@@ -793,7 +802,9 @@ def _parse(spec: Option, raw: Any, source: str, hint: str | None = None) -> Any:
     try:
         return spec.parse(raw)
     except ValueError as exc:
-        shown = "" if spec.secret else f" '{_short(raw)}'"
+        # A parser that names the bad part of a list itself (``'foo' is not NAME=MODEL``)
+        # is not preceded by the whole value again.
+        shown = "" if spec.secret or str(exc).startswith("'") else f" '{_short(raw)}'"
         raise ConfigError(f"{source}{shown} {exc}.", hint=hint or _hint(source)) from None
 
 
