@@ -108,3 +108,12 @@ def test_a_host_that_is_not_this_machine_gets_a_host_hint() -> None:
 )
 def test_the_listen_hint_follows_the_error(error: OSError, says: str) -> None:
     assert says in runner.listen_hint(8080, "linux", exc=error)
+
+
+def test_older_keys_from_the_environment_are_not_called_stored(isolated_env: Path) -> None:
+    keys = "vb_new_key_0123456789abcdef,vb_old_key_0123456789abcdef"
+    with Serve("--demo", "--no-tunnel", "--port", "0", env={"VAPI_BRIDGE_SECRET": keys}) as serve:
+        serve.stdout_line()
+        line = serve.wait_stderr(lambda text: "Also accepted" in text)
+        assert serve.stop() == 0
+    assert "1 older key(s)" in line and "VAPI_BRIDGE_SECRET" in line

@@ -335,8 +335,9 @@ def _announce_key(settings: Settings, console: Console) -> None:
         )
     if len(settings.secret) > 1:
         console.print(
-            f"[dim]Also accepted: {len(settings.secret) - 1} older key(s) (stored ones "
-            "until `vapi-bridge configure-key --retire-old-keys`).[/]"
+            f"[dim]Also accepted: {len(settings.secret) - 1} older key(s), for rotation "
+            "(until dropped from --secret or VAPI_BRIDGE_SECRET, or, stored ones, until "
+            "`vapi-bridge configure-key --retire-old-keys`).[/]"
         )
 
 
