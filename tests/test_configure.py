@@ -251,3 +251,15 @@ def test_storing_a_key_without_a_terminal_asks_for_stdin(isolated_env: Path) -> 
     assert "no terminal to type the ngrok auth token into" in err and "--stdin" in err
     assert "Warning" not in err and "echo" not in err
     assert not (isolated_env / "config.json").exists()
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="ngrok's config path on Linux")
+def test_show_lists_the_token_in_ngroks_own_config(isolated_env: Path, tmp_path: Path) -> None:
+    """`serve` uses the token `ngrok config add-authtoken` stored: --show says so (masked)."""
+    token = "2abcDEFghiJKLmnoPQRstu_vwxyz0123456789"
+    (tmp_path / "ngrok").mkdir()
+    (tmp_path / "ngrok" / "ngrok.yml").write_text(f'version: "2"\nauthtoken: {token}\n')
+    result = run_cli("configure-key", "--show", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("ngrok auth token")]
+    assert "2abc...6789" in row and "ngrok's own config" in row and token not in result.stdout

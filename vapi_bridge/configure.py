@@ -242,6 +242,13 @@ def describe(home: Path, env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     rows = []
     for field, _ in SECRETS:
         value, source = lookup(field, home, env)
+        if value is None and field == "ngrok_authtoken":
+            # `serve` falls back to the token `ngrok config add-authtoken` stored.
+            from vapi_bridge.tunnel import ngrok_config_token
+
+            found = ngrok_config_token()
+            if found is not None:
+                value, source = found[0], f"{found[1]} (ngrok's own config)"
         shown = (value if field in PUBLIC else keystore.mask(value)) if value else "not set"
         rows.append((keystore.LABELS[field], shown, source))
     return rows

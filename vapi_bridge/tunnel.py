@@ -135,6 +135,12 @@ def _is_python_wrapper(path: Path) -> bool:
 
 def stored_ngrok_token() -> str | None:
     """The token from the user's own ngrok config (``ngrok config add-authtoken``), if any."""
+    found = ngrok_config_token()
+    return found[0] if found is not None else None
+
+
+def ngrok_config_token() -> tuple[str, Path] | None:
+    """The token in the user's own ngrok config, and that file (for ``configure-key --show``)."""
     for path in _ngrok_config_paths():
         try:
             text = path.read_text(encoding="utf-8")
@@ -142,7 +148,7 @@ def stored_ngrok_token() -> str | None:
             continue
         match = re.search(r"^\s*authtoken:\s*['\"]?([A-Za-z0-9_\-]+)", text, re.MULTILINE)
         if match:
-            return match.group(1)
+            return match.group(1), path
     return None
 
 
