@@ -71,7 +71,7 @@ def test_vapi_key_failures_store_nothing(vapi: FakeVapi, isolated_env: Path) -> 
     offline = run_cli(
         *base, stdin=GOOD_KEY, env={"VAPI_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
     )
-    err = clean_failure(offline)
+    err = clean_failure(offline, code=1)  # the network's fault, not the configuration's
     assert "Could not verify the key with Vapi" in err and "--no-verify" in err
     spaced = run_cli(*base, "--no-verify", stdin="two words here\n")
     assert "spaces" in clean_failure(spaced)
@@ -263,3 +263,10 @@ def test_show_lists_the_token_in_ngroks_own_config(isolated_env: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("ngrok auth token")]
     assert "2abc...6789" in row and "ngrok's own config" in row and token not in result.stdout
+
+
+def test_a_sambanova_key_with_spaces_is_refused_even_unverified(isolated_env: Path) -> None:
+    """It would go into every request's Authorization header broken."""
+    spaced = run_cli("configure-key", "--stdin", "--no-verify", stdin="sk-abc defghijklmnop\n")
+    assert "spaces" in clean_failure(spaced)
+    assert not (isolated_env / "config.json").exists()

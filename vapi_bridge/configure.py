@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vapi_bridge import keystore
-from vapi_bridge.errors import ConfigError, UpstreamError, VapiError
+from vapi_bridge.errors import BridgeError, ConfigError, UpstreamError, VapiError
 from vapi_bridge.settings import DEFAULT_VAPI_BASE_URL, SOURCES, pick
 from vapi_bridge.vapi import DASHBOARD_KEYS, is_http_url
 
@@ -122,12 +122,13 @@ def verify_sambanova_key(key: str, base_url: str) -> int:
                 hint="Add a payment method in the SambaNova Cloud console, or store the key "
                 "anyway with --no-verify.",
             ) from None
+        # Not the configuration's fault (exit 1, not 2): the network, or SambaNova.
         if exc.upstream_status is None:
-            raise ConfigError(
+            raise BridgeError(
                 f"Could not reach SambaNova at {base_url} to verify the key; it was not stored.",
                 hint="Check your network, or store it without checking: --no-verify.",
             ) from None
-        raise ConfigError(
+        raise BridgeError(
             f"{exc.message} The key was not stored.",
             hint="Retry later, or store it without checking: --no-verify.",
         ) from None
@@ -148,14 +149,26 @@ def verify_vapi_key(key: str, base_url: str) -> None:
                 "manage assistants), or store it anyway with --no-verify.",
             ) from None
         if exc.vapi_status is None:
-            raise ConfigError(
+            raise BridgeError(
                 f"Could not verify the key with Vapi: {exc.message} It was not stored.",
                 hint="Check your network, or store it without checking: --no-verify.",
             ) from None
-        raise ConfigError(
+        raise BridgeError(
             f"{exc.message} The key was not stored.",
             hint="Retry later, or store it without checking: --no-verify.",
         ) from None
+
+
+def check_sambanova_key(key: str) -> None:
+    """A key goes into an HTTP header: one with spaces or control characters would be sent
+    broken on every request (checked even with --no-verify)."""
+    if any(c.isspace() for c in key) or not key.isprintable() or not key.isascii():
+        raise ConfigError(
+            "That SambaNova API key has spaces or characters an API key cannot have; it was "
+            "not stored.",
+            hint="Copy the key again from https://cloud.sambanova.ai/apis (one line, nothing "
+            "around it).",
+        )
 
 
 def check_ngrok_token(token: str) -> None:
@@ -296,7 +309,9 @@ def store(
         if verify:
             verify_vapi_key(value, vapi_base_url)
             detail = " (verified with Vapi)"
-    elif verify:
+    else:
+        check_sambanova_key(value)
+    if field == "sambanova_api_key" and verify:
         url = check_url(
             base_url,
             "The SambaNova base URL",
