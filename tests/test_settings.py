@@ -104,6 +104,20 @@ def test_choices_are_enums_and_upstream_timeout_over_vapis_warns() -> None:
     assert warnings(load({}, {}, {}, home=HOME)) == []
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        ({"system_prompt_mode": "append"}, "--system-prompt-mode append does nothing"),
+        ({"public_url": "http://bridge.example.com"}, "plain http"),
+    ],
+)
+def test_settings_that_would_do_nothing_or_leak_warn(flags: dict[str, str], says: str) -> None:
+    assert any(says in w for w in warnings(load(flags, {}, {}, home=HOME)))
+    fixed = {"system_prompt_mode": "append", "system_prompt": "Be brief."}
+    assert warnings(load(fixed, {}, {}, home=HOME)) == []
+    assert warnings(load({"public_url": "https://bridge.example.com"}, {}, {}, home=HOME)) == []
+
+
 def test_the_workers_json_round_trips_every_setting(tmp_path: Path) -> None:
     settings = load(
         {

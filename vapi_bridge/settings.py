@@ -754,6 +754,20 @@ def warnings(settings: Settings) -> list[str]:
             f"{VAPI_TIMEOUT:g} s: Vapi may end the call before the bridge answers. Raise "
             "the assistant's model.timeoutSeconds in Vapi too, or keep this under 20."
         )
+    if (
+        settings.system_prompt_mode != PromptMode.REPLACE
+        and not settings.system_prompt
+        and not settings.system_prompt_file
+    ):
+        out.append(
+            f"--system-prompt-mode {settings.system_prompt_mode.value} does nothing without "
+            "--system-prompt or --system-prompt-file."
+        )
+    if settings.public_url and settings.public_url.startswith("http://"):
+        out.append(
+            f"--public-url {settings.public_url} is plain http: Vapi would send every turn, and "
+            "the bridge key, over the internet unencrypted. Put TLS in front and give https://."
+        )
     return out
 
 
