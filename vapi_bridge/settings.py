@@ -300,7 +300,7 @@ class Settings:
         None,
         parse=_optional(_text),
         help="Force this model for every request, whatever Vapi sends.",
-        group=VAPI,
+        group=UPSTREAM,
         flag="--model",
         env=("VAPI_BRIDGE_MODEL",),
         metavar="MODEL",
@@ -309,7 +309,7 @@ class Settings:
         (),
         parse=_model_map,
         help="Route a model name Vapi sends to a SambaNova model. Repeatable.",
-        group=VAPI,
+        group=UPSTREAM,
         flag="--model-map",
         metavar="NAME=MODEL",
     )
@@ -486,7 +486,8 @@ class Settings:
     ngrok_path: str | None = option(
         None,
         parse=_optional(_text),
-        help="The ngrok agent binary (default: ngrok on PATH, else pyngrok's own).",
+        help="The ngrok agent binary (default: ngrok on PATH, else pyngrok's own, downloaded "
+        "on first use into bin/ in the config folder).",
         group=TUNNEL,
         flag="--ngrok-path",
         env=("PYNGROK_NGROK_PATH",),

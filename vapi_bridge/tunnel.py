@@ -316,7 +316,8 @@ def _tunnel_error(
 
     if isinstance(exc, PyngrokNgrokInstallError):
         return TunnelError(
-            "The ngrok agent is not installed and could not be downloaded.",
+            "The ngrok agent is not installed and could not be downloaded "
+            f"({' '.join(str(exc).split())[:300]}).",
             hint="Install ngrok (https://ngrok.com/download) and pass --ngrok-path, "
             "or serve locally with --no-tunnel.",
         )
