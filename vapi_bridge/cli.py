@@ -341,7 +341,11 @@ def configure_key(
     ] = False,
     base_url: Annotated[
         str | None,
-        typer.Option(metavar="URL", help="SambaNova API base URL to verify against."),
+        typer.Option(
+            metavar="URL",
+            help="SambaNova API base URL to verify against. "
+            "[env: SAMBANOVA_BASE_URL, SAMBA_NOVA_BASE_URL]",
+        ),
     ] = None,
     vapi_base_url: Annotated[
         str | None,
@@ -522,7 +526,10 @@ def assistants(
 def models(
     base_url: Annotated[
         str | None,
-        typer.Option(metavar="URL", help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL]"),
+        typer.Option(
+            metavar="URL",
+            help="SambaNova API base URL. [env: SAMBANOVA_BASE_URL, SAMBA_NOVA_BASE_URL]",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
