@@ -155,6 +155,10 @@ def test_bad_hook_spec_is_a_config_error(tmp_path: Path) -> None:
         build_middleware(Settings(home=tmp_path, hooks=("nocolon",)))
     with pytest.raises(ConfigError, match="Cannot import"):
         build_middleware(Settings(home=tmp_path, hooks=("no_such_module_xyz:f",)))
+    with pytest.raises(ConfigError, match="'json' has no function 'nope'"):
+        build_middleware(Settings(home=tmp_path, hooks=("json:nope",)))
+    with pytest.raises(ConfigError, match=r"'json.__name__' is a str, not a function"):
+        build_middleware(Settings(home=tmp_path, hooks=("json:__name__",)))
 
 
 def test_no_middleware_means_nothing_on_the_request_path(tmp_path: Path) -> None:

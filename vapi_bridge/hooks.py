@@ -54,7 +54,10 @@ def load(spec: str) -> Callable[..., Any]:
         ) from None
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise ConfigError(
-            f"'{module_name}' has no function '{attribute}'.", hint="Check the name after ':'."
+        found = (
+            f"'{module_name}' has no function '{attribute}'."
+            if function is None
+            else f"'{module_name}.{attribute}' is a {type(function).__name__}, not a function."
         )
+        raise ConfigError(found, hint="Check the name after ':'.")
     return function  # type: ignore[no-any-return]
