@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
     from vapi_bridge.errors import BridgeError
     from vapi_bridge.metrics import mark_process_dead
     from vapi_bridge.relay import RelayLoop, offer
-    from vapi_bridge.server import quick_handover, quiet_gc
+    from vapi_bridge.server import STUCK_WAIT, quick_handover, quiet_gc
 
     fd, report_fd, settings_file = int(argv[0]), int(argv[1]), Path(argv[2])
     settings = from_json(settings_file.read_text(encoding="utf-8"))
@@ -190,6 +190,11 @@ def main(argv: list[str]) -> None:
             cut = bridge.end_live_turns()
             if cut:
                 report(cut=cut)
+            # As in one process: a reply whose client still reads nothing is cut a little
+            # later, so the worker's requests end (and are logged) before gunicorn's kill.
+            cut_stuck = threading.Timer(STUCK_WAIT, relay.close)
+            cut_stuck.daemon = True
+            cut_stuck.start()
 
         def on_term(signum: int, frame: Any) -> None:
             bridge.draining = True

@@ -88,7 +88,8 @@ class RelayLoop:
         self._jobs: set[_Job] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._closing = False
+        self._closing = False  # also set by the loop's thread when it ends
+        self._closed = False  # close() was called
 
     def carry(
         self,
@@ -140,9 +141,11 @@ class RelayLoop:
         return True
 
     def close(self) -> None:
-        """Stop the loop; a stream still on it ends as if its client had left."""
+        """Stop the loop (once; later calls return); a stream still on it is cut."""
         with self._lock:
-            self._closing = True
+            if self._closed:
+                return
+            self._closing = self._closed = True
             thread = self._thread
         if thread is not None:
             self._wake()

@@ -63,6 +63,9 @@ def quiet_gc() -> None:
 
 # How long a thread may keep the GIL while another waits for it (Python's default: 5 ms).
 SWITCH_INTERVAL = 0.0005
+# After the grace, live replies are ended cleanly; one whose client still reads nothing this
+# many seconds later is cut (the relay loop closes), so the stop never waits on a client.
+STUCK_WAIT = 2.0
 
 
 def quick_handover() -> None:
@@ -344,7 +347,7 @@ class BridgeServer:
             cut = 0
         else:
             cut = self._end_live_turns()
-            self._inflight.wait_idle(2.0)
+            self._inflight.wait_idle(STUCK_WAIT)
         self._relay.close()
         # A reply the loop still held (its client read nothing) was cut as it closed: its
         # request ends now, and writes its log line before the process exits.
