@@ -598,3 +598,25 @@ def test_warnings_show_on_the_command_line(scripted: ScriptedServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "Warning: the spoken content holds markdown (bold `**`)" in result.stderr
     assert "OK" in result.stderr and "First speech" in result.stderr
+
+
+# An apology is a failure, streamed or not ----------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_bridge_apology_fails(bridge: RunningBridge, stream: bool) -> None:
+    result = probe.run(bridge.url, secret=SECRET, model="fail-503", stream=stream)
+    assert result.error is None and result.violations == []
+    assert result.cut == probe.APOLOGY and not result.ok
+    assert "the caller would hear the apology" in summary(result)
+
+
+def test_the_bridge_apology_fails_on_the_command_line_without_streaming(
+    bridge: RunningBridge,
+) -> None:
+    args = ("test", "--url", bridge.url, "--secret", SECRET, "--model", "fail-503", "--no-stream")
+    human = run_cli(*args)
+    assert human.returncode == 1 and "Traceback" not in human.stderr, human.stderr
+    assert "FAILED" in human.stderr and "OK" not in human.stderr
+    report = one_json(run_cli(*args, "--json").stdout)
+    assert report["ok"] is False and report["cut"] == "apology"

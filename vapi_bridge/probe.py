@@ -230,6 +230,7 @@ def _exchange(
         ):
             result.status = response.status_code
             _note_fallback(result, response.headers)
+            _note_outcome(result, response.headers)
             if response.status_code >= 300:
                 response.read()
                 raise _status_error(response)
@@ -252,6 +253,14 @@ def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
             f"{_clean_line(asked)} did not answer; the bridge's fallback "
             f"{result.answered_by} did (its log says why)."
         )
+
+
+def _note_outcome(result: ProbeResult, headers: httpx.Headers) -> None:
+    """A bridge marks a reply that is not the model's answer (the apology) in a header too:
+    a whole reply has no stream to carry the cut comment. Judged like that comment."""
+    outcome = headers.get(sse.OUTCOME_HEADER)
+    if outcome is not None and result.status < 300:
+        result.cut = _clean_line(outcome) or "no reason given"
 
 
 def _transport_error(exc: Exception, target: str, timeout: float, local: bool) -> ProbeError:
