@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -608,7 +609,16 @@ def test_the_bridge_apology_fails(bridge: RunningBridge, stream: bool) -> None:
     result = probe.run(bridge.url, secret=SECRET, model="fail-503", stream=stream)
     assert result.error is None and result.violations == []
     assert result.cut == probe.APOLOGY and not result.ok
-    assert "the caller would hear the apology" in summary(result)
+    assert result.ttft_s is None and result.ttfs_s is not None, "no model token came"
+    report = summary(result)
+    assert "the caller would hear the apology" in report
+    assert re.search(r"^First token +- *$", report, re.M), report
+
+
+def test_a_reply_without_a_token_shows_no_first_token(scripted: ScriptedServer) -> None:
+    result = judge(scripted, sse_body())
+    assert result.ttft_s is None and not result.ok
+    assert re.search(r"^First token +- *$", summary(result), re.M)
 
 
 def test_the_bridge_apology_fails_on_the_command_line_without_streaming(

@@ -579,6 +579,8 @@ class _Judge:
             if not result.text.strip() and not result.tool_calls:
                 self.flag("the reply has no content and no tool call (Vapi says nothing)")
         result.violations = self.flag.report()
+        if result.cut == APOLOGY:
+            result.ttft_s = None  # the bridge spoke it: no model sent a token
         if result.error is not None:
             result.ok = False
             return
@@ -649,8 +651,8 @@ def report(result: ProbeResult, *, as_json: bool, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("Status", f"HTTP {result.status}" + ("" if result.stream else " (not streamed)"))
-    if result.ttft_s is not None:
-        table.add_row("First token", f"{result.ttft_s * 1000:.0f} ms")
+    first = "-" if result.ttft_s is None else f"{result.ttft_s * 1000:.0f} ms"
+    table.add_row("First token", first)
     if result.ttfs_s is not None:
         table.add_row("First speech", f"{result.ttfs_s * 1000:.0f} ms")
     table.add_row("Total", f"{result.total_s * 1000:.0f} ms")
