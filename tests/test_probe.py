@@ -169,6 +169,34 @@ def test_a_redirect_is_named(scripted: ScriptedServer) -> None:
     assert "redirect (HTTP 307) to https://elsewhere.test/v1" in result.error.message
 
 
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [(404, "check the path in --url"), (405, "check the path in --url"), (500, "server's log")],
+)
+def test_an_error_status_without_a_body_still_gets_a_hint(
+    scripted: ScriptedServer, status: int, hint: str
+) -> None:
+    scripted.answer = Answer(b"", status=status, content_type="text/plain")
+    result = probe.run(scripted.url + "/v2", secret=None)
+    assert result.error is not None and result.error.message == f"The server answered HTTP {status}"
+    assert hint in result.error.hint and "above" not in result.error.hint
+    if status != 500:
+        assert "/v2/chat/completions" in result.error.hint
+
+
+def test_a_host_that_does_not_resolve_is_not_told_to_start_the_bridge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in proxy_env(""):
+        monkeypatch.delenv(name, raising=False)
+    result = probe.run("http://custom-llm.example.invalid:5000", secret=None, timeout=5)
+    assert result.error is not None and "Could not connect" in result.error.message
+    assert "vapi-bridge serve" not in result.error.hint
+    assert "custom-llm.example.invalid" in result.error.hint and "--url" in result.error.hint
+    local = probe.run(f"http://127.0.0.1:{closed_port()}", secret=None, timeout=5)
+    assert local.error is not None and "vapi-bridge serve" in local.error.hint
+
+
 # --json: one object on stdout, whatever happens ------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import math
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -240,7 +241,7 @@ def _exchange(
             else:
                 judge.body(response.read())
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-        raise _transport_error(exc, target, timeout, local) from None
+        raise _transport_error(exc, target, timeout, url.host if not local else None) from None
 
 
 def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
@@ -263,17 +264,18 @@ def _note_outcome(result: ProbeResult, headers: httpx.Headers) -> None:
         result.cut = _clean_line(outcome) or "no reason given"
 
 
-def _transport_error(exc: Exception, target: str, timeout: float, local: bool) -> ProbeError:
-    """What went wrong on the way to the server, in words."""
+def _transport_error(exc: Exception, target: str, timeout: float, remote: str | None) -> ProbeError:
+    """What went wrong on the way to the server, in words; ``remote`` is the host when it is
+    not this machine."""
     if isinstance(exc, httpx.ConnectTimeout):
         return ProbeError(
             f"Could not connect to {target} within {min(timeout, CONNECT_TIMEOUT):g}s.",
-            hint=_connect_hint(local),
+            hint=_connect_hint(remote, exc),
         )
     if isinstance(exc, httpx.ConnectError):
         reason = f": {exc}" if str(exc) else ""
         return ProbeError(
-            f"Could not connect to {target}{_clean_line(reason)}.", hint=_connect_hint(local)
+            f"Could not connect to {target}{_clean_line(reason)}.", hint=_connect_hint(remote, exc)
         )
     if isinstance(exc, httpx.TimeoutException):
         return _timeout(target, timeout)
@@ -301,13 +303,33 @@ def _timeout(target: str, timeout: float) -> ProbeError:
     )
 
 
-def _connect_hint(local: bool) -> str:
-    if not local and any(k in getproxies() for k in ("http", "https", "all")):
+def _connect_hint(remote: str | None, exc: Exception) -> str:
+    """Only a server on this machine is one to start here; another host is to be checked."""
+    if remote is None:
+        return "Start the bridge with `vapi-bridge serve`, or point --url at the server."
+    if any(k in getproxies() for k in ("http", "https", "all")):
         return (
             "A proxy from the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) is in use: "
             "check it, or exempt the host with NO_PROXY."
         )
-    return "Start the bridge with `vapi-bridge serve`, or point --url at the server."
+    host = _clean_line(remote)
+    if _caused_by(exc, socket.gaierror):
+        return (
+            f"The host {host} was not found: check it in --url. A tunnel's address can change "
+            "when the bridge restarts; `vapi-bridge test --public` finds the running one."
+        )
+    return f"Check the host and port in --url ({host}), and that the server there is up."
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> socket: a short chain, never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _status_error(response: httpx.Response) -> ProbeError:
@@ -325,16 +347,23 @@ def _status_error(response: httpx.Response) -> ProbeError:
     except (ValueError, AttributeError, RecursionError):
         detail = response.text
     detail = _clean_line(detail)[:200]
-    detail = f": {detail}" if detail else ""
+    said = f": {detail}" if detail else ""
     if status == 401:
         return ProbeError(
-            f"The server rejected the bridge key (HTTP 401){detail}",
+            f"The server rejected the bridge key (HTTP 401){said}",
             hint="Pass the key `vapi-bridge serve` printed with --secret (or VAPI_BRIDGE_SECRET).",
         )
-    return ProbeError(
-        f"The server answered HTTP {status}{detail}",
-        hint="The message above says what failed; see the server's log for more.",
-    )
+    if detail:
+        hint = "The message above says what failed; see the server's log for more."
+    elif status in (404, 405):
+        path = _clean_line(response.request.url.path)
+        hint = (
+            f"Nothing there answers POST {path}: check the path in --url (pass the base URL "
+            "you give Vapi; `test` adds /chat/completions)."
+        )
+    else:
+        hint = "The server gave no reason: check the server's log."
+    return ProbeError(f"The server answered HTTP {status}{said}", hint=hint)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
