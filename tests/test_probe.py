@@ -12,6 +12,7 @@ import json
 import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from tests.fakes.broken_llm import (
     silent_server,
     sse_body,
 )
-from tests.helpers import SECRET, RunningBridge
+from tests.helpers import SECRET, BridgeFactory, LogCapture, RunningBridge
 from tests.process import closed_port, run_cli
 from vapi_bridge import probe
 from vapi_bridge.errors import ProbeError
@@ -658,3 +659,20 @@ def test_the_bridge_apology_fails_on_the_command_line_without_streaming(
     assert "FAILED" in human.stderr and "OK" not in human.stderr
     report = one_json(run_cli(*args, "--json").stdout)
     assert report["ok"] is False and report["cut"] == "apology"
+
+
+# The sample request is a Vapi call -----------------------------------------------------------
+
+
+def test_the_sample_request_is_a_call_of_its_own(
+    start_bridge: BridgeFactory, logs: LogCapture, tmp_path: Path
+) -> None:
+    """As in Vapi's requests, `call` is an object with an id: logs, reply hooks and
+    transcripts see a call, and each run is a call of its own."""
+    bridge = start_bridge(transcript_dir=tmp_path / "t")
+    assert probe.run(bridge.url, secret=SECRET).ok
+    assert probe.run(bridge.url, secret=SECRET, stream=False).ok
+    bridge.stop()
+    ids = set(re.findall(r"call=(vapi-bridge-test-[0-9a-f]{32})\b", logs.text))
+    assert len(ids) == 2, logs.text
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(f"{i}.jsonl" for i in ids)

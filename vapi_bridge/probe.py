@@ -17,6 +17,7 @@ import re
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -40,9 +41,15 @@ CONNECT_TIMEOUT = 5.0
 
 
 def sample_request(message: str, model: str, stream: bool) -> dict[str, Any]:
-    """The seed's sample: Vapi's private ``call`` and ``metadata`` ride along on purpose."""
+    """A request shaped like Vapi's: its ``call`` and ``metadata`` ride along on purpose, so
+    the server sees a call (logs, reply hooks, transcripts), a new one each run. Only the
+    fields that say what it is: no personal data."""
     return {
-        "call": "chat.completions",
+        "call": {
+            "id": f"vapi-bridge-test-{uuid.uuid4().hex}",
+            "type": "webCall",
+            "status": "in-progress",
+        },
         "metadata": {"request_id": "example-123"},
         "model": model,
         "messages": [
