@@ -11,6 +11,7 @@ import io
 import json
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,86 @@ def test_test_reports_timeout() -> None:
     with silent_server() as url:
         result = run_cli("test", "--url", url, "--timeout", "0.5")
     assert "within 0.5s" in assert_clean_failure(result)
+
+
+class Trickle:
+    """Answers one request in pieces, one every ``pace`` seconds, so no single read waits
+    long but the whole reply takes longer than the probe's timeout. ``finished`` is set once
+    every piece went out (a probe that gave up in time left it unset)."""
+
+    def __init__(self, head: bytes, pieces: list[bytes], pace: float = 0.05) -> None:
+        self.head, self.pieces, self.pace = head, pieces, pace
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(10)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request and (received := conn.recv(65536)):
+                request += received
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            while length and len(body) < int(length.group(1)) and (received := conn.recv(65536)):
+                body += received
+            try:
+                conn.sendall(self.head)
+                for piece in self.pieces:
+                    if self._stop.wait(self.pace):
+                        return
+                    conn.sendall(piece)
+            except OSError:
+                return
+            self.finished.set()
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(10)
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+LONG = 60  # pieces: three seconds at the trickle's pace, ten times the probe's timeout
+
+
+@pytest.mark.parametrize(
+    ("head", "pieces", "stream"),
+    [
+        (
+            SSE_HEAD,
+            [sse_body(chunk({"content": "Hi. "}), done=False)] * LONG
+            + [sse_body(chunk({}, "stop"))],
+            True,
+        ),
+        (SSE_HEAD, [b'data: {"choices": ['] + [b" "] * LONG, True),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: ", [b"a"] * LONG, True),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n",
+            [b'{"choices": ['] + [b" "] * LONG,
+            False,
+        ),
+    ],
+    ids=["lines", "one long line", "headers", "whole reply"],
+)
+def test_the_timeout_is_for_the_whole_reply(head: bytes, pieces: list[bytes], stream: bool) -> None:
+    """A server that keeps sending a little never lets a per-read timeout fire."""
+    with Trickle(head, pieces) as server:
+        result = probe.run(server.url, secret=None, stream=stream, timeout=0.3)
+        assert not server.finished.is_set(), f"test waited for the whole reply: {result}"
+    assert result.error is not None and not result.ok
+    assert result.error.message == f"No complete reply from {result.url} within 0.3s."
+    assert result.violations == [], "a reply cut by the deadline is not judged"
 
 
 @pytest.mark.parametrize(

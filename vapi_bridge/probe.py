@@ -10,12 +10,14 @@ warning, not a violation: Vapi plays it, but it sounds bad.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -223,8 +225,20 @@ def _exchange(
 ) -> None:
     target = str(result.url)
     local = is_local(url.host)
+    late = _timeout(target, timeout)
+    deadline = _Deadline(timeout)
+
+    def in_time(lines: Iterable[str]) -> Iterator[str]:
+        for line in lines:
+            if deadline.passed:
+                raise late
+            yield line
+        if deadline.cut:
+            raise late  # the end of a reply cut at the deadline is no end to judge
+
     try:
         with (
+            deadline,
             httpx.Client(
                 timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
                 trust_env=not local,
@@ -234,21 +248,96 @@ def _exchange(
                 url,
                 content=json.dumps(body).encode(),
                 headers=_headers(secret),
+                extensions={"trace": deadline.trace},
             ) as response,
         ):
             result.status = response.status_code
             _note_fallback(result, response.headers)
             _note_outcome(result, response.headers)
-            if response.status_code >= 300:
-                response.read()
-                raise _status_error(response)
-            if result.stream:
+            if result.stream and response.status_code < 300:
                 content_type = response.headers.get("content-type", "")
-                judge.stream(content_type, response.iter_lines())
-            else:
-                judge.body(response.read())
+                judge.stream(content_type, in_time(response.iter_lines()))
+                return
+            raw = response.read()
+            if deadline.stop():
+                raise late
+            if response.status_code >= 300:
+                raise _status_error(response)
+            judge.body(raw)
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+        # Cut at the deadline: the error is the cut's, unless still connecting (its own limit).
+        if deadline.stop() and not isinstance(exc, httpx.ConnectTimeout):
+            raise late from None
         raise _transport_error(exc, target, timeout, url.host if not local else None) from None
+
+
+class _Deadline:
+    """One deadline for the whole reply: connection, headers and body.
+
+    httpx's timeouts bound each read, so a server that keeps sending a little could hold
+    ``test`` for ever. The lines are checked against the clock as they come; a read still
+    blocked when the deadline passes is woken by shutting the connection's socket down,
+    found through httpx's ``trace`` extension as each stream (TCP, then TLS) opens.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._cut = False
+        self._stopped = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def passed(self) -> bool:
+        return self.cut or time.monotonic() >= self._at
+
+    @property
+    def cut(self) -> bool:
+        """The deadline passed while the reply was still being read, and cut it."""
+        with self._lock:
+            return self._cut
+
+    def stop(self) -> bool:
+        """The reading is over; returns whether the deadline had cut it first."""
+        with self._lock:
+            self._stopped = True
+            self._timer.cancel()
+            return self._cut
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith(".complete"):
+            return
+        extra = getattr(info.get("return_value"), "get_extra_info", None)
+        sock = extra("socket") if callable(extra) else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._socket = sock
+                if self._cut:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._cut = True
+            if self._socket is not None:
+                _shut(self._socket)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake a read blocked on ``sock`` (a plain close would not): it sees the end at once.
+    On a TLS socket, the plain socket's shutdown leaves the TLS state to the reader."""
+    with contextlib.suppress(OSError):  # closed meanwhile
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
