@@ -85,6 +85,16 @@ def test_non_streaming_returns_chat_completion(bridge: RunningBridge) -> None:
     assert body["choices"][0]["message"]["content"] == "Sure! Let me check Tuesday for you."
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_apology_is_marked_in_a_header(bridge: RunningBridge, stream: bool) -> None:
+    """A whole reply has no SSE comment to carry the mark; `vapi-bridge test` reads this one."""
+    apology = bridge.post({**vapi_request(), "model": "fail-503", "stream": stream})
+    assert apology.status_code == 200
+    assert apology.headers["X-Vapi-Bridge-Outcome"] == "apology"
+    answer = bridge.post({**vapi_request(), "stream": stream})
+    assert answer.status_code == 200 and "X-Vapi-Bridge-Outcome" not in answer.headers
+
+
 @pytest.mark.parametrize("with_index", [True, False])
 def test_tool_call_deltas_always_carry_index(
     bridge: RunningBridge, fake: FakeSambaNova, with_index: bool

@@ -9,8 +9,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import socket
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +30,7 @@ from tests.fakes.broken_llm import (
     silent_server,
     sse_body,
 )
-from tests.helpers import SECRET, RunningBridge
+from tests.helpers import SECRET, BridgeFactory, LogCapture, RunningBridge
 from tests.process import closed_port, run_cli
 from vapi_bridge import probe
 from vapi_bridge.errors import ProbeError
@@ -87,6 +90,86 @@ def test_test_reports_timeout() -> None:
     with silent_server() as url:
         result = run_cli("test", "--url", url, "--timeout", "0.5")
     assert "within 0.5s" in assert_clean_failure(result)
+
+
+class Trickle:
+    """Answers one request in pieces, one every ``pace`` seconds, so no single read waits
+    long but the whole reply takes longer than the probe's timeout. ``finished`` is set once
+    every piece went out (a probe that gave up in time left it unset)."""
+
+    def __init__(self, head: bytes, pieces: list[bytes], pace: float = 0.05) -> None:
+        self.head, self.pieces, self.pace = head, pieces, pace
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(10)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request and (received := conn.recv(65536)):
+                request += received
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            while length and len(body) < int(length.group(1)) and (received := conn.recv(65536)):
+                body += received
+            try:
+                conn.sendall(self.head)
+                for piece in self.pieces:
+                    if self._stop.wait(self.pace):
+                        return
+                    conn.sendall(piece)
+            except OSError:
+                return
+            self.finished.set()
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(10)
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+LONG = 60  # pieces: three seconds at the trickle's pace, ten times the probe's timeout
+
+
+@pytest.mark.parametrize(
+    ("head", "pieces", "stream"),
+    [
+        (
+            SSE_HEAD,
+            [sse_body(chunk({"content": "Hi. "}), done=False)] * LONG
+            + [sse_body(chunk({}, "stop"))],
+            True,
+        ),
+        (SSE_HEAD, [b'data: {"choices": ['] + [b" "] * LONG, True),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: ", [b"a"] * LONG, True),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n",
+            [b'{"choices": ['] + [b" "] * LONG,
+            False,
+        ),
+    ],
+    ids=["lines", "one long line", "headers", "whole reply"],
+)
+def test_the_timeout_is_for_the_whole_reply(head: bytes, pieces: list[bytes], stream: bool) -> None:
+    """A server that keeps sending a little never lets a per-read timeout fire."""
+    with Trickle(head, pieces) as server:
+        result = probe.run(server.url, secret=None, stream=stream, timeout=0.3)
+        assert not server.finished.is_set(), f"test waited for the whole reply: {result}"
+    assert result.error is not None and not result.ok
+    assert result.error.message == f"No complete reply from {result.url} within 0.3s."
+    assert result.violations == [], "a reply cut by the deadline is not judged"
 
 
 @pytest.mark.parametrize(
@@ -166,6 +249,34 @@ def test_a_redirect_is_named(scripted: ScriptedServer) -> None:
     result = probe.run(scripted.url, secret=None)
     assert result.error is not None and result.status == 307
     assert "redirect (HTTP 307) to https://elsewhere.test/v1" in result.error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [(404, "check the path in --url"), (405, "check the path in --url"), (500, "server's log")],
+)
+def test_an_error_status_without_a_body_still_gets_a_hint(
+    scripted: ScriptedServer, status: int, hint: str
+) -> None:
+    scripted.answer = Answer(b"", status=status, content_type="text/plain")
+    result = probe.run(scripted.url + "/v2", secret=None)
+    assert result.error is not None and result.error.message == f"The server answered HTTP {status}"
+    assert hint in result.error.hint and "above" not in result.error.hint
+    if status != 500:
+        assert "/v2/chat/completions" in result.error.hint
+
+
+def test_a_host_that_does_not_resolve_is_not_told_to_start_the_bridge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in proxy_env(""):
+        monkeypatch.delenv(name, raising=False)
+    result = probe.run("http://custom-llm.example.invalid:5000", secret=None, timeout=5)
+    assert result.error is not None and "Could not connect" in result.error.message
+    assert "vapi-bridge serve" not in result.error.hint
+    assert "custom-llm.example.invalid" in result.error.hint and "--url" in result.error.hint
+    local = probe.run(f"http://127.0.0.1:{closed_port()}", secret=None, timeout=5)
+    assert local.error is not None and "vapi-bridge serve" in local.error.hint
 
 
 # --json: one object on stdout, whatever happens ------------------------------------------------
@@ -598,3 +709,51 @@ def test_warnings_show_on_the_command_line(scripted: ScriptedServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "Warning: the spoken content holds markdown (bold `**`)" in result.stderr
     assert "OK" in result.stderr and "First speech" in result.stderr
+
+
+# An apology is a failure, streamed or not ----------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_bridge_apology_fails(bridge: RunningBridge, stream: bool) -> None:
+    result = probe.run(bridge.url, secret=SECRET, model="fail-503", stream=stream)
+    assert result.error is None and result.violations == []
+    assert result.cut == probe.APOLOGY and not result.ok
+    assert result.ttft_s is None and result.ttfs_s is not None, "no model token came"
+    report = summary(result)
+    assert "the caller would hear the apology" in report
+    assert re.search(r"^First token +- *$", report, re.M), report
+
+
+def test_a_reply_without_a_token_shows_no_first_token(scripted: ScriptedServer) -> None:
+    result = judge(scripted, sse_body())
+    assert result.ttft_s is None and not result.ok
+    assert re.search(r"^First token +- *$", summary(result), re.M)
+
+
+def test_the_bridge_apology_fails_on_the_command_line_without_streaming(
+    bridge: RunningBridge,
+) -> None:
+    args = ("test", "--url", bridge.url, "--secret", SECRET, "--model", "fail-503", "--no-stream")
+    human = run_cli(*args)
+    assert human.returncode == 1 and "Traceback" not in human.stderr, human.stderr
+    assert "FAILED" in human.stderr and "OK" not in human.stderr
+    report = one_json(run_cli(*args, "--json").stdout)
+    assert report["ok"] is False and report["cut"] == "apology"
+
+
+# The sample request is a Vapi call -----------------------------------------------------------
+
+
+def test_the_sample_request_is_a_call_of_its_own(
+    start_bridge: BridgeFactory, logs: LogCapture, tmp_path: Path
+) -> None:
+    """As in Vapi's requests, `call` is an object with an id: logs, reply hooks and
+    transcripts see a call, and each run is a call of its own."""
+    bridge = start_bridge(transcript_dir=tmp_path / "t")
+    assert probe.run(bridge.url, secret=SECRET).ok
+    assert probe.run(bridge.url, secret=SECRET, stream=False).ok
+    bridge.stop()
+    ids = set(re.findall(r"call=(vapi-bridge-test-[0-9a-f]{32})\b", logs.text))
+    assert len(ids) == 2, logs.text
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(f"{i}.jsonl" for i in ids)

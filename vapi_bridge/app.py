@@ -237,7 +237,9 @@ def chat() -> Response:
 
 def _name_models(response: Response, turn: Turn, asked: str) -> None:
     """Which model answered, and when it was a fallback, which one was asked: for
-    `vapi-bridge test --model` and curl. No model answered an apology."""
+    `vapi-bridge test --model` and curl. No model answered an apology: the outcome says so."""
+    if turn.record.outcome != "ok":
+        response.headers[sse.OUTCOME_HEADER] = turn.record.outcome
     if turn.answered is not None:
         response.headers[sse.MODEL_HEADER] = turn.answered
         if turn.answered != asked:

@@ -10,12 +10,16 @@ warning, not a violation: Vapi plays it, but it sounds bad.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
 import re
+import socket
 import sys
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -39,9 +43,15 @@ CONNECT_TIMEOUT = 5.0
 
 
 def sample_request(message: str, model: str, stream: bool) -> dict[str, Any]:
-    """The seed's sample: Vapi's private ``call`` and ``metadata`` ride along on purpose."""
+    """A request shaped like Vapi's: its ``call`` and ``metadata`` ride along on purpose, so
+    the server sees a call (logs, reply hooks, transcripts), a new one each run. Only the
+    fields that say what it is: no personal data."""
     return {
-        "call": "chat.completions",
+        "call": {
+            "id": f"vapi-bridge-test-{uuid.uuid4().hex}",
+            "type": "webCall",
+            "status": "in-progress",
+        },
         "metadata": {"request_id": "example-123"},
         "model": model,
         "messages": [
@@ -215,8 +225,20 @@ def _exchange(
 ) -> None:
     target = str(result.url)
     local = is_local(url.host)
+    late = _timeout(target, timeout)
+    deadline = _Deadline(timeout)
+
+    def in_time(lines: Iterable[str]) -> Iterator[str]:
+        for line in lines:
+            if deadline.passed:
+                raise late
+            yield line
+        if deadline.cut:
+            raise late  # the end of a reply cut at the deadline is no end to judge
+
     try:
         with (
+            deadline,
             httpx.Client(
                 timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
                 trust_env=not local,
@@ -226,20 +248,96 @@ def _exchange(
                 url,
                 content=json.dumps(body).encode(),
                 headers=_headers(secret),
+                extensions={"trace": deadline.trace},
             ) as response,
         ):
             result.status = response.status_code
             _note_fallback(result, response.headers)
-            if response.status_code >= 300:
-                response.read()
-                raise _status_error(response)
-            if result.stream:
+            _note_outcome(result, response.headers)
+            if result.stream and response.status_code < 300:
                 content_type = response.headers.get("content-type", "")
-                judge.stream(content_type, response.iter_lines())
-            else:
-                judge.body(response.read())
+                judge.stream(content_type, in_time(response.iter_lines()))
+                return
+            raw = response.read()
+            if deadline.stop():
+                raise late
+            if response.status_code >= 300:
+                raise _status_error(response)
+            judge.body(raw)
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-        raise _transport_error(exc, target, timeout, local) from None
+        # Cut at the deadline: the error is the cut's, unless still connecting (its own limit).
+        if deadline.stop() and not isinstance(exc, httpx.ConnectTimeout):
+            raise late from None
+        raise _transport_error(exc, target, timeout, url.host if not local else None) from None
+
+
+class _Deadline:
+    """One deadline for the whole reply: connection, headers and body.
+
+    httpx's timeouts bound each read, so a server that keeps sending a little could hold
+    ``test`` for ever. The lines are checked against the clock as they come; a read still
+    blocked when the deadline passes is woken by shutting the connection's socket down,
+    found through httpx's ``trace`` extension as each stream (TCP, then TLS) opens.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._cut = False
+        self._stopped = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def passed(self) -> bool:
+        return self.cut or time.monotonic() >= self._at
+
+    @property
+    def cut(self) -> bool:
+        """The deadline passed while the reply was still being read, and cut it."""
+        with self._lock:
+            return self._cut
+
+    def stop(self) -> bool:
+        """The reading is over; returns whether the deadline had cut it first."""
+        with self._lock:
+            self._stopped = True
+            self._timer.cancel()
+            return self._cut
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith(".complete"):
+            return
+        extra = getattr(info.get("return_value"), "get_extra_info", None)
+        sock = extra("socket") if callable(extra) else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._socket = sock
+                if self._cut:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._cut = True
+            if self._socket is not None:
+                _shut(self._socket)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake a read blocked on ``sock`` (a plain close would not): it sees the end at once.
+    On a TLS socket, the plain socket's shutdown leaves the TLS state to the reader."""
+    with contextlib.suppress(OSError):  # closed meanwhile
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
@@ -254,17 +352,26 @@ def _note_fallback(result: ProbeResult, headers: httpx.Headers) -> None:
         )
 
 
-def _transport_error(exc: Exception, target: str, timeout: float, local: bool) -> ProbeError:
-    """What went wrong on the way to the server, in words."""
+def _note_outcome(result: ProbeResult, headers: httpx.Headers) -> None:
+    """A bridge marks a reply that is not the model's answer (the apology) in a header too:
+    a whole reply has no stream to carry the cut comment. Judged like that comment."""
+    outcome = headers.get(sse.OUTCOME_HEADER)
+    if outcome is not None and result.status < 300:
+        result.cut = _clean_line(outcome) or "no reason given"
+
+
+def _transport_error(exc: Exception, target: str, timeout: float, remote: str | None) -> ProbeError:
+    """What went wrong on the way to the server, in words; ``remote`` is the host when it is
+    not this machine."""
     if isinstance(exc, httpx.ConnectTimeout):
         return ProbeError(
             f"Could not connect to {target} within {min(timeout, CONNECT_TIMEOUT):g}s.",
-            hint=_connect_hint(local),
+            hint=_connect_hint(remote, exc),
         )
     if isinstance(exc, httpx.ConnectError):
         reason = f": {exc}" if str(exc) else ""
         return ProbeError(
-            f"Could not connect to {target}{_clean_line(reason)}.", hint=_connect_hint(local)
+            f"Could not connect to {target}{_clean_line(reason)}.", hint=_connect_hint(remote, exc)
         )
     if isinstance(exc, httpx.TimeoutException):
         return _timeout(target, timeout)
@@ -292,13 +399,33 @@ def _timeout(target: str, timeout: float) -> ProbeError:
     )
 
 
-def _connect_hint(local: bool) -> str:
-    if not local and any(k in getproxies() for k in ("http", "https", "all")):
+def _connect_hint(remote: str | None, exc: Exception) -> str:
+    """Only a server on this machine is one to start here; another host is to be checked."""
+    if remote is None:
+        return "Start the bridge with `vapi-bridge serve`, or point --url at the server."
+    if any(k in getproxies() for k in ("http", "https", "all")):
         return (
             "A proxy from the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) is in use: "
             "check it, or exempt the host with NO_PROXY."
         )
-    return "Start the bridge with `vapi-bridge serve`, or point --url at the server."
+    host = _clean_line(remote)
+    if _caused_by(exc, socket.gaierror):
+        return (
+            f"The host {host} was not found: check it in --url. A tunnel's address can change "
+            "when the bridge restarts; `vapi-bridge test --public` finds the running one."
+        )
+    return f"Check the host and port in --url ({host}), and that the server there is up."
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> socket: a short chain, never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _status_error(response: httpx.Response) -> ProbeError:
@@ -316,16 +443,23 @@ def _status_error(response: httpx.Response) -> ProbeError:
     except (ValueError, AttributeError, RecursionError):
         detail = response.text
     detail = _clean_line(detail)[:200]
-    detail = f": {detail}" if detail else ""
+    said = f": {detail}" if detail else ""
     if status == 401:
         return ProbeError(
-            f"The server rejected the bridge key (HTTP 401){detail}",
+            f"The server rejected the bridge key (HTTP 401){said}",
             hint="Pass the key `vapi-bridge serve` printed with --secret (or VAPI_BRIDGE_SECRET).",
         )
-    return ProbeError(
-        f"The server answered HTTP {status}{detail}",
-        hint="The message above says what failed; see the server's log for more.",
-    )
+    if detail:
+        hint = "The message above says what failed; see the server's log for more."
+    elif status in (404, 405):
+        path = _clean_line(response.request.url.path)
+        hint = (
+            f"Nothing there answers POST {path}: check the path in --url (pass the base URL "
+            "you give Vapi; `test` adds /chat/completions)."
+        )
+    else:
+        hint = "The server gave no reason: check the server's log."
+    return ProbeError(f"The server answered HTTP {status}{said}", hint=hint)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -570,6 +704,8 @@ class _Judge:
             if not result.text.strip() and not result.tool_calls:
                 self.flag("the reply has no content and no tool call (Vapi says nothing)")
         result.violations = self.flag.report()
+        if result.cut == APOLOGY:
+            result.ttft_s = None  # the bridge spoke it: no model sent a token
         if result.error is not None:
             result.ok = False
             return
@@ -640,8 +776,8 @@ def report(result: ProbeResult, *, as_json: bool, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("Status", f"HTTP {result.status}" + ("" if result.stream else " (not streamed)"))
-    if result.ttft_s is not None:
-        table.add_row("First token", f"{result.ttft_s * 1000:.0f} ms")
+    first = "-" if result.ttft_s is None else f"{result.ttft_s * 1000:.0f} ms"
+    table.add_row("First token", first)
     if result.ttfs_s is not None:
         table.add_row("First speech", f"{result.ttfs_s * 1000:.0f} ms")
     table.add_row("Total", f"{result.total_s * 1000:.0f} ms")

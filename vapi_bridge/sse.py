@@ -26,6 +26,9 @@ CONTENT_TYPE = "text/event-stream"
 MODEL_HEADER = "X-Vapi-Bridge-Model"
 # ... and, when that was a fallback, the model the request asked for in this one.
 FALLBACK_HEADER = "X-Vapi-Bridge-Fallback-From"
+# A reply that is not the model's answer (the apology) says so here: a whole reply has no
+# stream to carry a cut comment. Vapi ignores it; ``vapi-bridge test`` reads it.
+OUTCOME_HEADER = "X-Vapi-Bridge-Outcome"
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"))
