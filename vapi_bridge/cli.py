@@ -240,7 +240,12 @@ def test(
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds to wait for the reply.")
+        float,
+        typer.Option(
+            min=0.1,
+            metavar="SECONDS",
+            help="Seconds to wait for the whole reply (connecting, headers and body).",
+        ),
     ] = 30.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one machine-readable result on stdout.")
