@@ -205,3 +205,10 @@ def test_output_into_a_closed_pipe_ends_quietly(isolated_env: Path) -> None:
         os.close(write_end)
     assert done.returncode == 1
     assert done.stderr == "", done.stderr
+
+
+def test_test_refuses_an_empty_message(isolated_env: Path) -> None:
+    """An empty --message was quietly replaced by the sample question."""
+    result = run_cli("test", "--message", " ", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "--message is empty" in result.stderr
+    assert "->" in result.stderr and "Traceback" not in result.stderr

@@ -263,6 +263,11 @@ def test(
                 "bridge's tunnel URL.",
                 hint="Drop one of them.",
             )
+        if message is not None and not message.strip():
+            raise ConfigError(
+                "--message is empty: Vapi never sends an empty turn.",
+                hint="Say something with --message, or leave it out for the sample question.",
+            )
         base, key = state.target(url, public, secret, env, home_dir(env))
     except BridgeError as exc:
         if as_json:
