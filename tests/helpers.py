@@ -268,6 +268,18 @@ def read_to_end(sock: socket.socket) -> bytes:
     return bytes(received)
 
 
+def stop_under_a_stuck_client(serve: Serve, fake: FakeSambaNova) -> None:
+    """Stop a bridge (SIGTERM, grace past) while a client reads nothing of a long reply: the
+    reply is cut (no ``[DONE]``), its turn logged as a shutdown, and no traceback printed."""
+    stuck, _ = stuck_client(serve.stdout_line(), SECRET, fake, 64)
+    with stuck:
+        assert serve.stop("SIGTERM") == 0
+        rest = read_to_end(stuck)
+    assert sse.DONE not in rest, "the reply was cut, not finished"
+    assert "outcome=shutdown" in serve.wait_stderr(lambda line: "POST /chat/completions" in line)
+    assert "Traceback" not in serve.stderr
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll a condition nothing can notify us of (another process's state) until it holds."""
     deadline = time.monotonic() + timeout

@@ -11,12 +11,10 @@ from tests.fakes.sambanova import FakeSambaNova
 from tests.helpers import (
     SECRET,
     assert_ended_cleanly_by_the_stop,
-    read_to_end,
     stop_during_streams,
-    stuck_client,
+    stop_under_a_stuck_client,
 )
 from tests.process import Serve, agents_left, bridge_state, tunnel_env
-from vapi_bridge import sse
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
@@ -59,10 +57,4 @@ def test_a_reply_its_client_stopped_reading_is_cut_at_the_stop_and_still_logged(
     env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
     args = ("--no-tunnel", "--port", "0", "--secret", SECRET, "--shutdown-grace", "0.2")
     with Serve(*args, env=env) as serve:
-        stuck, _ = stuck_client(serve.stdout_line(), SECRET, fake, 64)
-        with stuck:
-            assert serve.stop("SIGTERM") == 0
-            rest = read_to_end(stuck)
-    assert sse.DONE not in rest, "the reply was cut, not finished"
-    assert "outcome=shutdown" in serve.wait_stderr(lambda line: "POST /chat/completions" in line)
-    assert "Traceback" not in serve.stderr
+        stop_under_a_stuck_client(serve, fake)
