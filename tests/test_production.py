@@ -41,6 +41,7 @@ def test_a_bad_port_variable_is_named(value: str) -> None:
         ("--log-format", "xml", "must be one of text, json"),
         ("--model-map", "foo", "is not NAME=MODEL"),
         ("--hook", "h2", "is not module:function"),
+        ("--fallback-model", "", "has an empty model name"),
     ],
 )
 def test_a_bad_flag_value_is_named_as_its_variable_would_be(

@@ -231,8 +231,12 @@ def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _models(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) and not value.strip():
+        return ()
     names = value.split(",") if isinstance(value, str) else value
-    out = tuple(str(name).strip() for name in names if str(name).strip())
+    if any(not str(name).strip() for name in names):
+        raise ValueError("has an empty model name")
+    out = tuple(str(name).strip() for name in names)
     if any(len(name) > 256 or any(c.isspace() for c in name) for name in out):
         raise ValueError("must be model names (no spaces)")
     return out
