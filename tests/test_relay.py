@@ -24,6 +24,7 @@ from tests.fakes.sambanova import FakeSambaNova, Script, text_chunks
 from tests.helpers import (
     BridgeFactory,
     LogCapture,
+    read_to_end,
     read_until,
     sse_events,
     stuck_client,
@@ -346,3 +347,29 @@ def test_a_server_that_cannot_bind_leaves_no_relay_loop_open(
         assert len(os.listdir("/proc/self/fd")) == before
     finally:
         gc.enable()
+
+
+def test_an_http_1_0_client_gets_its_reply_unchunked(
+    start_bridge: BridgeFactory, fake: FakeSambaNova
+) -> None:
+    """HTTP/1.0 has no chunked coding: the reply is sent whole, ended by the connection's
+    close, and read as plain SSE (werkzeug chunked it for any client)."""
+    bridge = start_bridge()
+    host, port = bridge.url.removeprefix("http://").split(":")
+    body = json.dumps(vapi_request()).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(
+            b"POST /chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {bridge.secret}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = read_to_end(client)
+    head, _, reply = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    assert b"transfer-encoding" not in head.lower()
+    *chunks, done = sse.events(reply.decode().splitlines())
+    assert done.data == "[DONE]"
+    assert text_of([json.loads(event.data) for event in chunks]) == (
+        "Sure! Let me check Tuesday for you."
+    )

@@ -61,6 +61,9 @@ def quiet_gc() -> None:
     gc.set_threshold(young, middle, FULL_GC_AFTER)
 
 
+# The threaded server's protocol (werkzeug's, when threaded): replies to HTTP/1.1 requests are
+# chunked.
+SERVER_PROTOCOL = "HTTP/1.1"
 # How long a thread may keep the GIL while another waits for it (Python's default: 5 ms).
 SWITCH_INTERVAL = 0.0005
 # After the grace, live replies are ended cleanly; one whose client still reads nothing this
@@ -245,6 +248,12 @@ class BridgeServer:
                     self.rfile.close()
 
             def run_wsgi(self) -> None:
+                # werkzeug chunks a streamed reply whenever its own protocol is HTTP/1.1,
+                # which an HTTP/1.0 client cannot read: such a reply is sent whole, up to
+                # the connection's close, as HTTP/1.0 says.
+                self.protocol_version = (
+                    SERVER_PROTOCOL if self.request_version >= "HTTP/1.1" else "HTTP/1.0"
+                )
                 with inflight.request():
                     try:
                         super().run_wsgi()
@@ -266,8 +275,9 @@ class BridgeServer:
 
             def make_environ(self) -> Any:
                 environ = super().make_environ()
-                # werkzeug chunks every streamed reply (its protocol is HTTP/1.1 when threaded).
-                offer(environ, relay, self.connection)
+                # The loop writes HTTP/1.1 chunks: it takes the replies werkzeug chunks.
+                if self.protocol_version == "HTTP/1.1":
+                    offer(environ, relay, self.connection)
                 return environ
 
             def setup(self) -> None:
