@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -270,3 +271,14 @@ def test_a_sambanova_key_with_spaces_is_refused_even_unverified(isolated_env: Pa
     spaced = run_cli("configure-key", "--stdin", "--no-verify", stdin="sk-abc defghijklmnop\n")
     assert "spaces" in clean_failure(spaced)
     assert not (isolated_env / "config.json").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a closed standard input, from the shell")
+def test_storing_a_key_with_standard_input_closed_is_the_same_clear_error(
+    isolated_env: Path,
+) -> None:
+    command = " ".join(shlex.quote(part) for part in cli("configure-key", "--ngrok"))
+    result = subprocess.run(
+        ["sh", "-c", f"exec {command} <&-"], capture_output=True, text=True, timeout=30
+    )
+    assert "no terminal to type the ngrok auth token into" in clean_failure(result)

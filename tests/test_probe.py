@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -266,15 +267,31 @@ def test_an_error_status_without_a_body_still_gets_a_hint(
         assert "/v2/chat/completions" in result.error.hint
 
 
+def connect_error(cause: BaseException) -> httpx.ConnectError:
+    """httpx's error for a failed connect, raised from ``cause`` as httpcore raises it."""
+    try:
+        try:
+            raise cause
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc)) from exc
+    except httpx.ConnectError as error:
+        return error
+
+
 def test_a_host_that_does_not_resolve_is_not_told_to_start_the_bridge(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Judged on the error a failed lookup raises (a real lookup would ask a DNS server)."""
     for name in proxy_env(""):
         monkeypatch.delenv(name, raising=False)
-    result = probe.run("http://custom-llm.example.invalid:5000", secret=None, timeout=5)
-    assert result.error is not None and "Could not connect" in result.error.message
-    assert "vapi-bridge serve" not in result.error.hint
-    assert "custom-llm.example.invalid" in result.error.hint and "--url" in result.error.hint
+    target = "http://custom-llm.example.invalid:5000/chat/completions"
+    unknown = connect_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    error = probe._transport_error(unknown, target, 5.0, "custom-llm.example.invalid")
+    assert "Could not connect" in error.message and "vapi-bridge serve" not in error.hint
+    assert "custom-llm.example.invalid" in error.hint and "was not found" in error.hint
+    refused = connect_error(ConnectionRefusedError(111, "Connection refused"))
+    error = probe._transport_error(refused, target, 5.0, "custom-llm.example.invalid")
+    assert "Check the host and port" in error.hint and "vapi-bridge serve" not in error.hint
     local = probe.run(f"http://127.0.0.1:{closed_port()}", secret=None, timeout=5)
     assert local.error is not None and "vapi-bridge serve" in local.error.hint
 

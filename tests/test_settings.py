@@ -115,6 +115,9 @@ def test_settings_that_would_do_nothing_or_leak_warn(flags: dict[str, str], says
     assert any(says in w for w in warnings(load(flags, {}, {}, home=HOME)))
     fixed = {"system_prompt_mode": "append", "system_prompt": "Be brief."}
     assert warnings(load(fixed, {}, {}, home=HOME)) == []
+    # Profiles that set a prompt inherit the mode: it does act.
+    profiled = {"system_prompt_mode": "append", "profiles": "profiles.toml"}
+    assert warnings(load(profiled, {}, {}, home=HOME)) == []
     assert warnings(load({"public_url": "https://bridge.example.com"}, {}, {}, home=HOME)) == []
 
 

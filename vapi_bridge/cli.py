@@ -416,7 +416,7 @@ def configure_key(
         return
     vapi_url = configure.vapi_base_url(vapi_base_url, env) if vapi else ""
     label = configure.label(field)
-    if not stdin and not sys.stdin.isatty():
+    if not stdin and (sys.stdin is None or not sys.stdin.isatty()):
         raise ConfigError(
             f"There is no terminal to type the {label} into (standard input is not one).",
             hint="Add --stdin and pipe the key in: printf '%s' \"$KEY\" | vapi-bridge "

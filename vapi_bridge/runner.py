@@ -187,7 +187,13 @@ def _unwire(link: Link | None, console: Console) -> None:
 # with the resolver's code).
 _NOT_HERE = frozenset(
     [errno.EADDRNOTAVAIL]
-    + [getattr(socket, name) for name in dir(socket) if name.startswith("EAI_")]
+    # Only the resolver codes no errno can equal: glibc's are negative, Windows' are 10000 and
+    # up; macOS's (1 to 15) are also real errno values, so there only a gaierror counts.
+    + [
+        code
+        for code in (getattr(socket, name) for name in dir(socket) if name.startswith("EAI_"))
+        if code < 0 or code >= 10000
+    ]
 )
 
 

@@ -763,6 +763,7 @@ def warnings(settings: Settings) -> list[str]:
         settings.system_prompt_mode != PromptMode.REPLACE
         and not settings.system_prompt
         and not settings.system_prompt_file
+        and not settings.profiles  # profiles that set a prompt inherit the mode
     ):
         out.append(
             f"--system-prompt-mode {settings.system_prompt_mode.value} does nothing without "

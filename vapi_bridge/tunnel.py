@@ -315,9 +315,11 @@ def _tunnel_error(
     from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError, PyngrokNgrokInstallError
 
     if isinstance(exc, PyngrokNgrokInstallError):
+        why = " ".join(str(exc).split())[:300]
+        if authtoken:
+            why = why.replace(authtoken, "***")
         return TunnelError(
-            "The ngrok agent is not installed and could not be downloaded "
-            f"({' '.join(str(exc).split())[:300]}).",
+            f"The ngrok agent is not installed and could not be downloaded ({why}).",
             hint="Install ngrok (https://ngrok.com/download) and pass --ngrok-path, "
             "or serve locally with --no-tunnel.",
         )
