@@ -235,7 +235,7 @@ def big_chunks(count: int, size: int) -> list[object]:
 
 
 def stuck_client(
-    url: str, secret: str | None, fake: FakeSambaNova, chunks: int
+    url: str, secret: str | None, fake: FakeSambaNova, chunks: int, version: str = "HTTP/1.1"
 ) -> tuple[socket.socket, bytes]:
     """A client with a small receive buffer that asks the bridge at ``url`` for a reply of
     ``chunks`` chunks of 64 KiB, reads its head and then nothing: the socket and the head."""
@@ -247,13 +247,14 @@ def stuck_client(
     stuck.settimeout(30)
     stuck.connect((host, int(port)))
     stuck.sendall(
-        b"POST /chat/completions HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+        f"POST /chat/completions {version}\r\nHost: bridge\r\n".encode()
+        + b"Content-Type: application/json\r\n"
         + (f"Authorization: Bearer {secret}\r\n".encode() if secret else b"")
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
     head = read_until(stuck, b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    assert head.startswith(f"{version} 200".encode()), head[:100]
     return stuck, head
 
 
@@ -268,10 +269,10 @@ def read_to_end(sock: socket.socket) -> bytes:
     return bytes(received)
 
 
-def stop_under_a_stuck_client(serve: Serve, fake: FakeSambaNova) -> None:
+def stop_under_a_stuck_client(serve: Serve, fake: FakeSambaNova, version: str = "HTTP/1.1") -> None:
     """Stop a bridge (SIGTERM, grace past) while a client reads nothing of a long reply: the
     reply is cut (no ``[DONE]``), its turn logged as a shutdown, and no traceback printed."""
-    stuck, _ = stuck_client(serve.stdout_line(), SECRET, fake, 64)
+    stuck, _ = stuck_client(serve.stdout_line(), SECRET, fake, 64, version)
     with stuck:
         assert serve.stop("SIGTERM") == 0
         rest = read_to_end(stuck)

@@ -49,12 +49,14 @@ def test_ctrl_c_to_the_process_group_keeps_the_tunnel_for_the_grace_period(
     assert "Traceback" not in serve.stderr
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 def test_a_reply_its_client_stopped_reading_is_cut_at_the_stop_and_still_logged(
-    fake: FakeSambaNova, isolated_env: Path
+    fake: FakeSambaNova, isolated_env: Path, version: str
 ) -> None:
-    """Past the grace the relay loop still holds a reply whose client reads nothing: the stop
-    cuts its connection, and the request's log line is written before the process exits."""
+    """Past the grace a reply whose client reads nothing is still being written, by the relay
+    loop (HTTP/1.1) or by its own thread (HTTP/1.0, unchunked): the stop cuts its connection,
+    and the request's log line is written before the process exits."""
     env = {"SAMBANOVA_API_KEY": "test-key", "SAMBANOVA_BASE_URL": fake.base_url}
     args = ("--no-tunnel", "--port", "0", "--secret", SECRET, "--shutdown-grace", "0.2")
     with Serve(*args, env=env) as serve:
-        stop_under_a_stuck_client(serve, fake)
+        stop_under_a_stuck_client(serve, fake, version)

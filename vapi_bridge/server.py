@@ -125,22 +125,36 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class InFlight:
-    """Counts requests being answered, so a stop can wait until each one is fully sent."""
+    """The requests being answered and their connections, so a stop can wait until each one
+    is fully sent, and cut those whose clients read nothing."""
 
     def __init__(self) -> None:
         self._idle = threading.Condition()
-        self.count = 0
+        self._connections: list[socket.socket] = []
+
+    @property
+    def count(self) -> int:
+        return len(self._connections)
 
     @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
+    def request(self, connection: socket.socket) -> Iterator[None]:
         with self._idle:
-            self.count += 1
+            self._connections.append(connection)
         try:
             yield
         finally:
             with self._idle:
-                self.count -= 1
+                self._connections.remove(connection)
                 self._idle.notify_all()
+
+    def cut(self) -> None:
+        """Shut every connection still being answered: a write blocked on a client that
+        reads nothing fails at once (EPIPE), and its request ends as if the client had left."""
+        with self._idle:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:
@@ -254,7 +268,7 @@ class BridgeServer:
                 self.protocol_version = (
                     SERVER_PROTOCOL if self.request_version >= "HTTP/1.1" else "HTTP/1.0"
                 )
-                with inflight.request():
+                with inflight.request(self.connection):
                     try:
                         super().run_wsgi()
                     finally:
@@ -358,9 +372,12 @@ class BridgeServer:
         else:
             cut = self._end_live_turns()
             self._inflight.wait_idle(STUCK_WAIT)
+        # A reply whose client still reads nothing is cut: on the relay loop, by closing it;
+        # on its own thread (HTTP/1.0, or no seat on the loop), by shutting its connection.
+        # Its request then ends, and writes its log line before the process exits.
         self._relay.close()
-        # A reply the loop still held (its client read nothing) was cut as it closed: its
-        # request ends now, and writes its log line before the process exits.
+        if not self._inflight.wait_idle(0.0):
+            self._inflight.cut()
         self._inflight.wait_idle(1.0)
         self._workers.close()
         return cut
