@@ -315,10 +315,15 @@ def test_bad_input_gets_openai_style_4xx(
     assert bridge.post(vapi_request()).status_code == 200, "the server keeps serving"
 
 
-def test_oversized_body_is_413(start_bridge: BridgeFactory) -> None:
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_is_413(start_bridge: BridgeFactory, chunked: bool) -> None:
+    """Declared too long, or sent chunked (no declared length) and going on past the limit."""
     bridge = start_bridge(max_body=4096)
-    body = {"messages": [{"role": "user", "content": "x" * 10_000}]}
-    response = bridge.post(body)
+    raw = json.dumps({"messages": [{"role": "user", "content": "x" * 10_000}]}).encode()
+    body = (raw[i : i + 1024] for i in range(0, len(raw), 1024)) if chunked else raw
+    response = httpx.post(
+        bridge.url + "/chat/completions", content=body, headers=bridge.headers(), timeout=10
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert bridge.post(vapi_request()).status_code == 200

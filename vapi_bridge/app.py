@@ -298,14 +298,27 @@ def register_service_routes(app: Flask, bridge: Bridge) -> None:
 
 
 def read_json() -> Any:
+    data = request.get_data(cache=False)
     try:
-        return json.loads(request.get_data(cache=False), parse_constant=_reject_constant)
+        return json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
+        limit = request.max_content_length
+        if limit is not None and len(data) >= limit:
+            # A body with no declared length (chunked) is read up to the limit, no further:
+            # one that stops there and does not parse went on past it.
+            raise _too_large() from None
         raise InvalidRequest(
             "The request body is not valid JSON.",
             hint="Send an OpenAI chat-completions JSON body.",
             code="invalid_json",
         ) from None
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "The request body is too large.",
+        hint="Shorten the conversation or raise `serve --max-body`.",
+    )
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -382,10 +395,7 @@ def _from_http(exc: HTTPException) -> BridgeError:
     if code == 405:
         return MethodNotAllowed(f"{request.method} is not allowed on {safe_path(request.path)}.")
     if code == 413:
-        return PayloadTooLarge(
-            "The request body is too large.",
-            hint="Shorten the conversation or raise `serve --max-body`.",
-        )
+        return _too_large()
     if 400 <= code < 500:
         return InvalidRequest(exc.description or "Bad request.", status=code)
     return BridgeError(exc.description or "Server error.", status=code)
