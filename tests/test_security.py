@@ -100,6 +100,16 @@ def test_secret_files_are_private_even_over_a_loose_file(tmp_path: Path) -> None
     assert not [p for p in home.iterdir() if p.name.startswith(".config")], "no temp left"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_home_made_for_the_run_file_alone_is_private(tmp_path: Path) -> None:
+    """Keys from the environment, no config file: the home is first made as the parent of
+    ``run/``, and is as private as the folder it holds."""
+    home = tmp_path / "new" / "home"
+    keystore.write_private(home / "run" / "123.json", "{}")
+    for folder in (tmp_path / "new", home, home / "run"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
 def test_warnings_for_wide_listening_and_no_auth() -> None:
     with Serve("--demo", "--no-tunnel", "--port", "0", "--host", "0.0.0.0", "--no-auth") as serve:
         serve.stdout_line()

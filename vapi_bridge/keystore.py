@@ -68,9 +68,18 @@ def write_private(path: Path, text: str) -> None:
 
 
 def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
+    """``path`` exists and is ``0700``; folders made on the way to it are ``0700`` too, as
+    the XDG spec asks (the bridge's home, made as the parent of ``run/``, included)."""
+    missing = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in [*reversed(missing), path]:
+        with contextlib.suppress(FileExistsError):
+            made.mkdir(mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(made, 0o700)
 
 
 def save(home: Path, values: dict[str, Any]) -> None:
