@@ -24,7 +24,7 @@ ENV PATH=/opt/vapi-bridge/bin:$PATH \
     PORT=8080
 COPY --from=build /opt/vapi-bridge /opt/vapi-bridge
 # The bridge writes its state file (and, with --workers, a short-lived 0600 settings file)
-# to VAPI_BRIDGE_HOME: the one writable path it needs.
+# to VAPI_BRIDGE_HOME; with --workers it also needs a writable /tmp (compose mounts a tmpfs).
 RUN groupadd --gid 10001 bridge \
     && useradd --uid 10001 --gid bridge --no-create-home --home-dir /var/lib/vapi-bridge \
         --shell /usr/sbin/nologin bridge \
