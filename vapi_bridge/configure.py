@@ -311,14 +311,14 @@ def store(
             detail = " (verified with Vapi)"
     else:
         check_sambanova_key(value)
-    if field == "sambanova_api_key" and verify:
-        url = check_url(
-            base_url,
-            "The SambaNova base URL",
-            "Give a full URL, e.g. --base-url https://api.sambanova.ai/v1 "
-            "(or fix SAMBANOVA_BASE_URL).",
-        )
-        detail = f" (verified: {verify_sambanova_key(value, url)} models available)"
+        if verify:
+            url = check_url(
+                base_url,
+                "The SambaNova base URL",
+                "Give a full URL, e.g. --base-url https://api.sambanova.ai/v1 "
+                "(or fix SAMBANOVA_BASE_URL).",
+            )
+            detail = f" (verified: {verify_sambanova_key(value, url)} models available)"
     load(home)
     keystore.update(home, **{field: value})
     return f"Stored {label(field)} {keystore.mask(value)} in {keystore.config_path(home)}{detail}."

@@ -75,11 +75,12 @@ def ensure_private_dir(path: Path) -> None:
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
-    for made in [*reversed(missing), path]:
-        with contextlib.suppress(FileExistsError):
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
             made.mkdir(mode=0o700)
+    for folder in missing or [path]:  # mkdir's mode is masked by the umask; chmod is not
         with contextlib.suppress(OSError):
-            os.chmod(made, 0o700)
+            os.chmod(folder, 0o700)
 
 
 def save(home: Path, values: dict[str, Any]) -> None:

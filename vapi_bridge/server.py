@@ -376,8 +376,7 @@ class BridgeServer:
         # on its own thread (HTTP/1.0, or no seat on the loop), by shutting its connection.
         # Its request then ends, and writes its log line before the process exits.
         self._relay.close()
-        if not self._inflight.wait_idle(0.0):
-            self._inflight.cut()
+        self._inflight.cut()
         self._inflight.wait_idle(1.0)
         self._workers.close()
         return cut
